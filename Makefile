@@ -1,0 +1,49 @@
+# TicketLab. Two set-up commands: `make run` (the default job) and `make test`.
+SHELL      := /bin/bash
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+SHARED     ?= ../shared/data
+DATA_COPY  ?= .data
+# Real-data tests read DATA_DIR; default to the prepared copy when it exists.
+DATA_DIR   ?= $(if $(wildcard $(SHARED)),$(abspath $(DATA_COPY)),)
+ARGS       ?=
+
+.PHONY: help install data run test lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv and install the package with its dev extra
+
+data:  ## writable, git-ignored copy of ../shared/data in .data (MNIST copied, CIFAR-10 JPEG unpacked)
+	@if [ -d "$(SHARED)" ]; then \
+	  mkdir -p $(DATA_COPY); \
+	  for d in MNIST FashionMNIST; do \
+	    if [ -d "$(SHARED)/$$d" ] && [ ! -d "$(DATA_COPY)/$$d/raw" ]; then \
+	      mkdir -p $(DATA_COPY)/$$d && cp -r "$(SHARED)/$$d/raw" $(DATA_COPY)/$$d/ && chmod -R u+w $(DATA_COPY)/$$d; fi; \
+	  done; \
+	  if [ -f "$(SHARED)/cifar10-jpeg.tar.gz" ] && [ ! -d "$(DATA_COPY)/cifar10-jpeg/test" ]; then \
+	    tar xzf "$(SHARED)/cifar10-jpeg.tar.gz" -C $(DATA_COPY); fi; \
+	  echo "data copy ready in $(abspath $(DATA_COPY))"; \
+	else echo "no $(SHARED): real-data tests will skip (they fail in CI)"; fi
+
+run: install  ## run train.py with the defaults (edge-popup, MLP, digits); extra overrides via ARGS="..."
+	$(PY) train.py $(ARGS)
+
+test: install data  ## install, prepare the data copy, run pytest
+	DATA_DIR="$(DATA_DIR)" $(PY) -m pytest $(ARGS)
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check .
+
+bench: install  ## step-time benchmark (dense vs edge-popup)
+	$(PY) scripts/bench.py $(ARGS)
+
+clean:  ## remove caches (keeps .venv, .data and outputs/)
+	rm -rf .pytest_cache .ruff_cache .cache src/*.egg-info
