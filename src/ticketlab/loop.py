@@ -79,8 +79,8 @@ class Trainer:
         seen = 0
         limit = self.cfg.limit_train_batches
         total = min(len(self.data.train), limit) if limit else len(self.data.train)
-        bar = tqdm(total=total, desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False, disable=None if self.cfg.progress else True,
-                   dynamic_ncols=True)
+        bar = tqdm(total=total, desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False, dynamic_ncols=True,
+                   disable=None if self.cfg.progress else True)  # None: off when stderr is not a terminal
         start = time.perf_counter()
         for i, (x, y) in enumerate(self.data.train):
             if limit and i >= limit:
@@ -126,8 +126,8 @@ class Trainer:
             seen += len(y)
         return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
 
-    def fit(self) -> list[dict[str, Any]]:
-        """Train from ``self.epoch + 1`` to ``cfg.epochs``; returns the metric history.
+    def fit(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Train from ``self.epoch + 1`` to ``cfg.epochs`` (or to epoch ``until``); returns the history.
 
         Each epoch appends one row to ``metrics.jsonl`` (epoch, train_loss, train_acc, test_loss,
         test_acc, lr, sparsity, epoch_s, images_per_s), calls ``on_epoch`` and saves
@@ -136,7 +136,8 @@ class Trainer:
         if self.cfg.epochs == 0 and not self.history:
             self._record(0, {"train_loss": float("nan"), "train_acc": float("nan"), "train_s": 0.0, "images": 0},
                          lr=self.optimizer.param_groups[0]["lr"], start=time.perf_counter())
-        for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
+        last = self.cfg.epochs if until is None else min(until, self.cfg.epochs)
+        for epoch in range(self.epoch + 1, last + 1):
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train = self.train_epoch(epoch)

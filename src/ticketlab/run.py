@@ -26,8 +26,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import (DatasetConfig, InitConfig, LoggerConfig, ModelConfig, OptimizerConfig, SchedulerConfig,
-                     TrainerConfig)
+from .config import (
+    DatasetConfig,
+    InitConfig,
+    LoggerConfig,
+    ModelConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainerConfig,
+)
 from .data import build_data
 from .errors import ConfigError
 from .init import init_weights
@@ -173,22 +180,30 @@ def summarize(rc: RunConfig, model: torch.nn.Module, history: list[dict[str, Any
     }
 
 
-def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run one job end to end and return its summary.
+@dataclass
+class Job:
+    """Everything built for one run, ready to train (see :func:`setup`)."""
+
+    rc: RunConfig
+    run_dir: Path
+    resolved: dict[str, Any]
+    ctx: PruneContext
+    trainer: Trainer
+    tracker: Tracker
+
+
+def setup(cfg: DictConfig, run_dir: str | Path | None = None) -> Job:
+    """Validate ``cfg`` and build data, model, masks, optimizer, scheduler, tracker and trainer.
+
+    Every input check happens here, before anything is written to ``run_dir``.
 
     Args:
-        cfg: the composed Hydra config (``conf/config.yaml`` plus overrides).
+        cfg: the composed Hydra config.
         run_dir: output folder; default: the Hydra job's output dir.
 
-    Returns:
-        The dict written to ``summary.json``.
-
     Raises:
-        ConfigError: any bad input, before training starts (nothing is written then).
-        Exception: a failure during training, after ``summary.json`` is written with
-            ``status: failed`` (``interrupted`` for Ctrl-C) and the last checkpoint kept.
+        ConfigError: any bad input (config value, unknown name, missing data, model/input mismatch).
     """
-    t0 = time.perf_counter()
     rc = resolve(cfg)
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     if rc.trainer.threads:
@@ -211,8 +226,6 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     name = f"{rc.pruner.name}-{rc.model.name}-{rc.dataset.name}-s{rc.pruner.sparsity:g}-seed{rc.seed}"
     tracker = Tracker(rc.logger, run_dir, resolved, name)
-    if tracker.run is not None:
-        tracker.summary({"layer_density_target": pruner.densities(model)})
 
     def on_epoch(row: dict[str, Any]) -> None:
         rep = sparsity_report(model)
@@ -220,10 +233,32 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 
     trainer = Trainer(model, pruner, optimizer, scheduler, data, rc.trainer, device, run_dir, on_epoch,
                       extra_state={"config": resolved})
+    return Job(rc, run_dir, resolved, ctx, trainer, tracker)
+
+
+def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one job end to end and return its summary.
+
+    Args:
+        cfg: the composed Hydra config (``conf/config.yaml`` plus overrides).
+        run_dir: output folder; default: the Hydra job's output dir.
+
+    Returns:
+        The dict written to ``summary.json``.
+
+    Raises:
+        ConfigError: any bad input, before training starts (nothing is written then).
+        Exception: a failure during training, after ``summary.json`` is written with
+            ``status: failed`` (``interrupted`` for Ctrl-C) and the last checkpoint kept.
+    """
+    t0 = time.perf_counter()
+    job = setup(cfg, run_dir)
+    rc, trainer, tracker, run_dir = job.rc, job.trainer, job.tracker, job.run_dir
+    model, data = trainer.model, trainer.data
     log.info("run folder: %s | %s on %s, %s init, pruner %s at sparsity %.4f, device %s, %d train / %d test images",
-             run_dir, rc.model.name, rc.dataset.name, rc.init.name, rc.pruner.name, rc.pruner.sparsity, device,
-             data.num_train, data.num_test)
-    extra = {"device": str(device), "data_source": data.info.get("source"), "wandb_dir": tracker.dir}
+             run_dir, rc.model.name, rc.dataset.name, rc.init.name, rc.pruner.name, rc.pruner.sparsity,
+             trainer.device, data.num_train, data.num_test)
+    extra = {"device": str(trainer.device), "data_source": data.info.get("source"), "wandb_dir": tracker.dir}
     status = "failed"
     try:
         trainer.fit()
@@ -237,8 +272,8 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         atomic_torch_save(run_dir / "masks.pt", {
             "masks": mask_dict(model),
             "weight_seed": rc.seed if rc.init.weight_seed is None else rc.init.weight_seed,
-            "score_seed": ctx.score_seed,
-            "config": resolved,
+            "score_seed": job.ctx.score_seed,
+            "config": job.resolved,
         })
         tracker.summary({k: v for k, v in summary.items() if k != "layer_densities"}
                         | {f"density/{k}": v for k, v in summary["layer_densities"].items()})
@@ -249,4 +284,4 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["RunConfig", "resolve", "run"]
+__all__ = ["Job", "RunConfig", "resolve", "run", "setup"]

@@ -12,8 +12,8 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .registry import MODELS
 from . import convnets, mlp, resnet  # noqa: F401  (registration side effects)
+from .registry import MODELS
 
 __all__ = ["MODELS", "build_model"]
 

@@ -1,0 +1,64 @@
+"""Shared fixtures: Hydra composition of the real ``conf/``, run folders, and the data root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import ticketlab.run  # noqa: F401  (registers every schema before composing)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Fast settings for in-process runs: no W&B, no progress bars, few epochs.
+FAST = ["logger=none", "trainer.progress=false", "trainer.epochs=2"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_wandb(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("TICKETLAB_CACHE", str(ROOT / ".cache" / "ticketlab"))
+
+
+def compose_cfg(*overrides: str, config_name: str = "config") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides``, as ``train.py`` would."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+@pytest.fixture
+def cfg_factory():
+    """``cfg_factory(*overrides)`` -> composed config with the FAST settings first."""
+    return lambda *o: compose_cfg(*FAST, *o)
+
+
+def _data_root() -> Path | None:
+    d = os.environ.get("DATA_DIR")
+    return Path(d) if d and Path(d).is_dir() else None
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The real-data root (``DATA_DIR``). Skips outside CI when absent; fails in CI."""
+    d = _data_root()
+    if d is None:
+        msg = "DATA_DIR is not set to a folder with the real datasets (run `make test`, which prepares .data/)"
+        if IN_CI:
+            pytest.fail(f"real-data tests are mandatory in CI: {msg}")
+        pytest.skip(msg)
+    return d
+
+
+def require(path: Path, what: str) -> None:
+    """Skip (fail in CI) when a real dataset is missing under DATA_DIR."""
+    if not path.exists():
+        msg = f"{what} not found at {path}"
+        if IN_CI:
+            pytest.fail(f"real-data tests are mandatory in CI: {msg}")
+        pytest.skip(msg)

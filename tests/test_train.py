@@ -1,0 +1,165 @@
+"""Training end to end on digits: results files, frozen weights, determinism, resume, W&B."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ticketlab.masks import mask_dict, masked_tensors
+from ticketlab.results import read_jsonl
+from ticketlab.run import run, setup
+
+from .wandb_reader import read_run
+
+METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "sparsity", "epoch_s",
+               "images_per_s"}
+SUMMARY_KEYS = {"status", "test_acc", "best_test_acc", "sparsity", "params_total", "params_remaining", "epochs",
+                "wall_s", "model", "dataset", "pruner", "init", "seed", "layer_densities"}
+
+
+def test_edge_popup_run_writes_results_and_learns(cfg_factory, tmp_path):
+    summary = run(cfg_factory("trainer.epochs=4"), run_dir=tmp_path)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert all(set(r) >= METRIC_KEYS for r in rows)
+    assert all(r["sparsity"] == pytest.approx(0.5, abs=1e-4) for r in rows)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert set(on_disk) >= SUMMARY_KEYS and on_disk["status"] == "completed"
+    assert on_disk == json.loads(json.dumps(summary))
+    assert 0.0 <= summary["test_acc"] <= summary["best_test_acc"] <= 1.0
+    assert summary["test_acc"] > 0.8  # far above chance (0.1) with only scores trained
+    assert summary["params_remaining"] == summary["params_total"] // 2
+    assert summary["sparsity"] == pytest.approx(0.5)
+    assert all(d == pytest.approx(0.5) for d in summary["layer_densities"].values())
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 4 and set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "pruner", "history"}
+    saved = torch.load(tmp_path / "masks.pt", weights_only=False)
+    assert saved["weight_seed"] == 0 and saved["score_seed"] == 0
+    assert sum(int(m.sum()) for m in saved["masks"].values()) == summary["params_remaining"]
+
+
+def test_edge_popup_trains_scores_never_weights(cfg_factory, tmp_path):
+    job = setup(cfg_factory("trainer.epochs=2"), run_dir=tmp_path)
+    model = job.trainer.model
+    weights0 = {mt.name: mt.original.detach().clone() for mt in masked_tensors(model)}
+    scores0 = {mt.name: mt.mask.scores.detach().clone() for mt in masked_tensors(model)}
+    masks0 = mask_dict(model)
+    trainable = {id(p) for g in job.trainer.optimizer.param_groups for p in g["params"]}
+    assert trainable == {id(mt.mask.scores) for mt in masked_tensors(model)}
+    job.trainer.fit()
+    for mt in masked_tensors(model):
+        assert torch.equal(mt.original, weights0[mt.name])  # bit-identical frozen weights
+        assert mt.original.grad is None
+        assert not torch.equal(mt.mask.scores, scores0[mt.name])
+    assert any(not torch.equal(m, masks0[k]) for k, m in mask_dict(model).items())  # edges popped up
+
+
+def test_dense_trains_weights(cfg_factory, tmp_path):
+    job = setup(cfg_factory("pruner=dense", "optimizer.lr=0.05"), run_dir=tmp_path)
+    w0 = [p.detach().clone() for p in job.trainer.model.parameters()]
+    job.trainer.fit()
+    assert all(not torch.equal(p, q) for p, q in zip(job.trainer.model.parameters(), w0, strict=True))
+    assert job.trainer.history[-1]["sparsity"] == 0.0
+
+
+def test_same_seed_same_mask_and_accuracy(cfg_factory, tmp_path):
+    a = run(cfg_factory("seed=7"), run_dir=tmp_path / "a")
+    b = run(cfg_factory("seed=7"), run_dir=tmp_path / "b")
+    run(cfg_factory("seed=8"), run_dir=tmp_path / "c")
+    ma, mb, mc = (torch.load(tmp_path / x / "masks.pt", weights_only=False)["masks"] for x in "abc")
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert not all(torch.equal(ma[k], mc[k]) for k in ma)
+    strip = ("epoch_s", "images_per_s")
+    rows_a = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(tmp_path / "a/metrics.jsonl")]
+    rows_b = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(tmp_path / "b/metrics.jsonl")]
+    assert rows_a == rows_b
+    assert a["test_acc"] == b["test_acc"]
+
+
+@pytest.mark.parametrize("pruner", ["edge_popup", "dense"])
+def test_resumed_run_equals_uninterrupted(cfg_factory, tmp_path, pruner):
+    overrides = [f"pruner={pruner}", "trainer.epochs=4", "optimizer.lr=0.05"]
+    full = setup(cfg_factory(*overrides), run_dir=tmp_path / "full")
+    full.trainer.fit()
+    first = setup(cfg_factory(*overrides), run_dir=tmp_path / "part")
+    first.trainer.fit(until=2)
+    ckpt = torch.load(tmp_path / "part" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 2
+    second = setup(cfg_factory(*overrides), run_dir=tmp_path / "part")
+    second.trainer.load_state_dict(ckpt)
+    second.trainer.fit()
+    sa, sb = full.trainer.model.state_dict(), second.trainer.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    strip = ("epoch_s", "images_per_s")
+    clean = lambda h: [{k: v for k, v in r.items() if k not in strip} for r in h]  # noqa: E731
+    assert clean(full.trainer.history) == clean(second.trainer.history)
+
+
+def test_global_scope_and_bias_pruning_run(cfg_factory, tmp_path):
+    s = run(cfg_factory("pruner.scope=global", "pruner.sparsity=0.8", "model.bias=true", "pruner.prune_bias=true",
+                        "init=kaiming_normal", "init.bias_init=default"), run_dir=tmp_path)
+    masks = torch.load(tmp_path / "masks.pt", weights_only=False)["masks"]
+    assert any(name.endswith(".bias") for name in masks)
+    n = sum(m.numel() for m in masks.values())  # weights and biases ranked together
+    assert sum(int(m.sum()) for m in masks.values()) == n - int(0.8 * n)
+    densities = [d for name, d in s["layer_densities"].items() if name.endswith(".weight")]
+    assert len(set(densities)) > 1  # global allocation is not uniform
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optimizer=adam", "optimizer.lr=0.01", "scheduler=step"],
+    ["optimizer.nesterov=true", "scheduler=constant", "scheduler.warmup_epochs=1"],
+    ["model.batch_norm=true", "model.bn_affine=true", "pruner.train_bn=true", "init=kaiming_uniform"],
+    ["init.scale_fan=true", "pruner.first_layer_dense=true", "pruner.last_layer_dense=true"],
+    ["trainer.epochs=0"],
+])
+def test_option_combinations_run(cfg_factory, tmp_path, overrides):
+    s = run(cfg_factory(*overrides), run_dir=tmp_path)
+    assert s["status"] == "completed" and s["test_acc"] is not None
+
+
+def test_lr_schedule_warmup_and_cosine(cfg_factory, tmp_path):
+    run(cfg_factory("trainer.epochs=4", "scheduler.warmup_epochs=2", "optimizer.lr=0.1"), run_dir=tmp_path)
+    lrs = [r["lr"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert lrs[:3] == pytest.approx([0.05, 0.1, 0.1])
+    assert lrs[3] == pytest.approx(0.05)  # cosine half-way through the 2 post-warm-up epochs
+
+
+def test_wandb_offline_run_holds_history(cfg_factory, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    summary = run(cfg_factory("logger=wandb", "trainer.epochs=3", "logger.tags=[unit]"), run_dir=tmp_path)
+    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    logged = read_run(files[0])
+    epochs = [row["epoch"] for row in logged["history"] if "epoch" in row]
+    assert epochs == [1, 2, 3]
+    last = [row for row in logged["history"] if row.get("epoch") == 3][0]
+    assert last["test_acc"] == pytest.approx(summary["test_acc"])
+    assert any(k.startswith("density/") for k in last)
+    assert logged["summary"]["test_acc"] == pytest.approx(summary["test_acc"])
+    assert logged["config"]["pruner"]["sparsity"] == 0.5
+
+
+def test_wandb_failure_does_not_stop_the_run(cfg_factory, tmp_path, monkeypatch):
+    import wandb
+
+    def broken(*a, **k):
+        raise RuntimeError("wandb is down")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    s = run(cfg_factory("logger=wandb"), run_dir=tmp_path)
+    assert s["status"] == "completed" and (tmp_path / "metrics.jsonl").exists()
+
+
+def test_failure_during_training_writes_failed_summary(cfg_factory, tmp_path, monkeypatch):
+    from ticketlab.loop import Trainer
+
+    def boom(self, epoch):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(Trainer, "train_epoch", boom)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg_factory(), run_dir=tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"

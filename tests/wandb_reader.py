@@ -1,0 +1,63 @@
+"""Read an offline W&B run file (``run-<id>.wandb``) back, for tests.
+
+wandb 0.31 writes no ``wandb-summary.json`` offline; the ``.wandb`` file is a LevelDB-style log
+(7-byte file header, 32 KiB blocks, records with a 7-byte ``<IHB`` header: crc32, length, type
+FULL=1/FIRST=2/MIDDLE=3/LAST=4) of ``wandb_internal_pb2.Record`` protobufs
+(``shared/docs/environment.md`` Sec. 2.3).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+BLOCK = 32 * 1024
+
+
+def records(path: Path):
+    """Yield every ``Record`` of the file."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", "not a W&B run file"
+    pos, buf = 7, b""
+    while pos + 7 <= len(data):
+        left = BLOCK - (pos % BLOCK)
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        if kind in (1, 2):
+            buf = payload
+        else:
+            buf += payload
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            yield rec
+            buf = b""
+
+
+def read_run(path: Path) -> dict:
+    """``{"history": [ {key: value} per log call ], "summary": {...}, "config": {...}}``."""
+    out = {"history": [], "summary": {}, "config": {}}
+    for rec in records(path):
+        kind = rec.WhichOneof("record_type")
+        if kind == "history":
+            row = {}
+            for item in rec.history.item:
+                key = item.key or "/".join(item.nested_key)
+                row[key] = json.loads(item.value_json)
+            out["history"].append(row)
+        elif kind == "summary":
+            for item in rec.summary.update:
+                out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif kind == "run":
+            for item in rec.run.config.update:
+                out["config"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return out
