@@ -69,3 +69,16 @@ def test_imagefolder_cache_roundtrip(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
     x2, y2, _ = load_cached_split(tmp_path / "set" / "train", tmp_path / "cache")  # served from the cache
     assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    from ticketlab.results import atomic_path, atomic_write_json
+
+    target = tmp_path / "summary.json"
+    atomic_write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text().strip().startswith("{") and '"a": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
