@@ -82,3 +82,49 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_text().strip().startswith("{") and '"a": 1' in target.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def _fake_imagefolder(base, splits, classes, n, size):
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for split in splits:
+        for cls in classes:
+            (base / split / cls).mkdir(parents=True)
+            for i in range(n):
+                arr = torch.randint(0, 256, (size, size, 3), generator=rng, dtype=torch.int32).to(torch.uint8)
+                Image.fromarray(arr.numpy()).save(base / split / cls / f"{i}.png")
+
+
+@pytest.mark.parametrize("name,folder", [("tiny_imagenet", "tiny-imagenet-200"), ("imagenet", "imagenet")])
+def test_streamed_imagefolder_datasets(tmp_path, name, folder):
+    _fake_imagefolder(tmp_path / folder, ("train", "val"), ("n01", "n02", "n03"), 4, 20)
+    cfg = DatasetConfig(name=name, root=str(tmp_path), batch_size=5, eval_batch_size=6, num_workers=0, image_size=16)
+    d = build_data(cfg, torch.device("cpu"), 0)
+    assert (d.num_train, d.num_test, d.num_classes, d.input_shape) == (12, 12, 3, (3, 16, 16))
+    x, y = next(iter(d.train))
+    assert x.shape == (5, 3, 16, 16) and x.dtype == torch.float32 and y.max() < 3
+    assert sum(len(b) for _, b in d.test) == 12
+
+
+def test_torchvision_cifar10_batches_are_used_when_present(tmp_path, monkeypatch):
+    import pickle
+
+    import numpy as np
+    import torchvision
+
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 9],
+                         "batch_label": name, "filenames": [f"{i}.png" for i in range(4)]}, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [str(i) for i in range(10)]}, f)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    d = build_data(DatasetConfig(name="cifar10", root=str(tmp_path), download=False), torch.device("cpu"), 0)
+    assert (d.num_train, d.num_test, d.input_shape, d.info["source"]) == (20, 4, (3, 32, 32), str(base))
+    first = torch.from_numpy(pickle.load(open(base / "data_batch_1", "rb"))["data"][0].reshape(3, 32, 32))
+    assert torch.equal(d.train.images[0], first)  # CHW layout preserved
