@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from .conftest import ROOT
+from .wandb_reader import read_run
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,10 @@ def test_default_job_through_hydra_with_wandb_offline(tmp_path):
     assert (out / ".hydra" / "config.yaml").exists()
     log = p.stdout + p.stderr
     assert "test_acc" in log and "sparsity 0.5000" in log and str(out) in log
-    assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = read_run(run_file)  # the process has exited: the file is final
+    assert [row["epoch"] for row in logged["history"] if "epoch" in row] == [1, 2, 3]
+    assert logged["summary"]["test_acc"] == pytest.approx(summary["test_acc"])
 
 
 def test_multirun_sweep_runs_every_job_in_its_own_folder(tmp_path):

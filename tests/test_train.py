@@ -11,7 +11,7 @@ from ticketlab.masks import mask_dict, masked_tensors
 from ticketlab.results import read_jsonl
 from ticketlab.run import run, setup
 
-from .wandb_reader import read_run
+from .wandb_reader import read_run, wait_until_final
 
 METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "sparsity", "epoch_s",
                "images_per_s"}
@@ -132,6 +132,7 @@ def test_wandb_offline_run_holds_history(cfg_factory, tmp_path, monkeypatch):
     summary = run(cfg_factory("logger=wandb", "trainer.epochs=3", "logger.tags=[unit]"), run_dir=tmp_path)
     files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
+    wait_until_final(files[0])
     logged = read_run(files[0])
     epochs = [row["epoch"] for row in logged["history"] if "epoch" in row]
     assert epochs == [1, 2, 3]

@@ -43,6 +43,26 @@ def records(path: Path):
             buf = b""
 
 
+def wait_until_final(path: Path, timeout_s: float = 30.0) -> None:
+    """Wait until the run file holds its ``exit`` record.
+
+    wandb-core finalizes an offline run file asynchronously: on the first run of a process the file
+    can still be empty when ``finish()`` returns (it is complete once the process exits, or a few
+    seconds later). Raises ``TimeoutError`` after ``timeout_s``.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if any(r.WhichOneof("record_type") == "exit" for r in records(path)):
+                return
+        except Exception:  # a partially written record
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{path} has no exit record after {timeout_s} s")
+
+
 def read_run(path: Path) -> dict:
     """``{"history": [ {key: value} per log call ], "summary": {...}, "config": {...}}``."""
     out = {"history": [], "summary": {}, "config": {}}

@@ -197,6 +197,8 @@ class SchedulerConfig:
             half and three quarters of ``trainer.epochs``.
         gamma: the ``step`` factor.
         min_lr: the ``cosine`` floor.
+        cycles: ``cosine`` restarts: the post-warm-up epochs are split into this many equal
+            cosine cycles (SGDR-style; Fischer & Burkholz restart at every annealing level).
     """
 
     name: str = MISSING
@@ -204,9 +206,11 @@ class SchedulerConfig:
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     min_lr: float = 0.0
+    cycles: int = 1
 
     def __post_init__(self) -> None:
         check_choice("scheduler.name", self.name, ("cosine", "step", "constant"))
+        check_range("scheduler.cycles", self.cycles, 1, float("inf"))
         check_range("scheduler.warmup_epochs", self.warmup_epochs, 0, float("inf"))
         check_range("scheduler.gamma", self.gamma, 0.0, 1.0, lo_open=True)
         check_range("scheduler.min_lr", self.min_lr, 0.0, float("inf"))

@@ -23,7 +23,8 @@ Score initializers (for :class:`ticketlab.masks.ScoreMask`):
 
 * ``default``: PyTorch's default layer init, Kaiming-uniform with ``a = sqrt(5)``, i.e.
   ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` -- what edge-popup, biprop and weight recycling use;
-* ``kaiming_uniform``: ``U(-sqrt(6/fan_in), sqrt(6/fan_in))`` -- IteRand's choice.
+* ``kaiming_uniform``: ``U(-sqrt(6/fan_in), sqrt(6/fan_in))`` -- IteRand's choice;
+* ``constant``: 0.5 plus a 1e-4 jitter (Fischer & Burkholz's constant, ties broken at random).
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ def score_kaiming_uniform(shape: tuple[int, ...], fan_in: int, gen: torch.Genera
     """``U(-sqrt(6/fan_in), sqrt(6/fan_in))``: Kaiming-uniform with ReLU gain (IteRand)."""
     bound = math.sqrt(6.0 / fan_in)
     return (torch.rand(shape, generator=gen) * 2 - 1) * bound
+
+
+@SCORE_INITS.register("constant")
+def score_constant(shape: tuple[int, ...], fan_in: int, gen: torch.Generator) -> Tensor:
+    """``0.5 + U(-1e-4, 1e-4)``: Fischer & Burkholz's constant 0.5, with a jitter that breaks ties."""
+    return 0.5 + (torch.rand(shape, generator=gen) * 2 - 1) * 1e-4
 
 
 def weight_std(shape: tuple[int, ...], cfg: InitConfig, density: float = 1.0) -> float:

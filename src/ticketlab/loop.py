@@ -59,6 +59,7 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
         self.history: list[dict[str, Any]] = []
+        self.last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # for pruner hooks
 
     # ------------------------------------------------------------------ running
     def _autocast(self):
@@ -93,7 +94,8 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.step += 1
-            self.pruner.on_step_end(self.model, self.step)
+            self.last_batch = (x, y)
+            self.pruner.on_step_end(self)
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
@@ -141,9 +143,9 @@ class Trainer:
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train = self.train_epoch(epoch)
-            self.pruner.on_epoch_end(self.model, epoch)
-            self.scheduler.step()
             self.epoch = epoch
+            self.pruner.on_epoch_end(self)
+            self.scheduler.step()
             self._record(epoch, train, lr, start)
             if self.cfg.checkpoint:
                 atomic_torch_save(self.run_dir / "last.ckpt", self.state_dict())

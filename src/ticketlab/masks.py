@@ -160,6 +160,35 @@ class _ScoreSTE(torch.autograd.Function):
         return grad_w, grad_s, None, None
 
 
+class _BipropSTE(torch.autograd.Function):
+    """Binarised masked weight ``alpha * sign(W) * m`` with the biprop straight-through gradient.
+
+    ``alpha`` is the mean ``|W|`` over the kept entries (a scalar per tensor, no gradient).
+    Backward (Diffenderfer & Kailkhura 2021, Sec. 3; chrundle/biprop ``GetQuantnet_binary``): the
+    gradient reaching the mask, ``dL/dW_eff * sign(W)``, is multiplied by ``|W|``, so
+    ``dL/dS = dL/dW_eff * W`` (times ``sign(S)`` for the ``|S|`` key) -- the same form as
+    edge-popup. The weights receive no gradient (biprop never trains them).
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, scores: Tensor, mask: Tensor, signed: bool) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(weight, scores)
+        ctx.signed = signed
+        kept = mask.sum().clamp(min=1)
+        alpha = (weight.abs() * mask).sum() / kept
+        return alpha * torch.sign(weight) * mask
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        weight, scores = ctx.saved_tensors
+        grad_s = None
+        if ctx.needs_input_grad[1]:
+            grad_s = grad * weight
+            if ctx.signed:
+                grad_s = grad_s * torch.sign(scores)
+        return None, grad_s, None, None
+
+
 class MaskBase(nn.Module):
     """Common interface of the mask parametrizations.
 
@@ -203,7 +232,7 @@ class ScoreMask(MaskBase):
 
     ``W_eff = W * TopK(key(S), k)`` where ``key(S) = |S|`` (edge-popup, biprop) or ``S``
     (IteRand), ``k = num_kept(n, sparsity)`` per tensor, or a share of one global top-k when the
-    mask belongs to a :class:`GlobalTopK` group. Gradient: :class:`_ScoreSTE`.
+    mask belongs to a :class:`JointTopK` group. Gradient: :class:`_ScoreSTE`.
     Source: Ramanujan et al. 2020, Algorithm 1; reference code allenai/hidden-networks
     ``utils/conv_type.py`` (``GetSubnet``, ``SubnetConv``).
 
@@ -225,8 +254,18 @@ class ScoreMask(MaskBase):
         self.sparsity = float(sparsity)
         self.k = num_kept(self.scores.numel(), sparsity)
         self.rank = rank
-        self.group: GlobalTopK | None = None
+        self.group: JointTopK | None = None
         self._seen: tuple[int, int] | None = None  # (data_ptr, version) of the scores behind `mask`
+
+    def set_sparsity(self, sparsity: float) -> None:
+        """Change the sparsity (density annealing); the mask follows at the next use.
+
+        Raises:
+            ConfigError: sparsity outside [0, 1).
+        """
+        self.sparsity = float(sparsity)
+        self.k = num_kept(self.scores.numel(), sparsity)
+        self._seen = None
 
     def key(self) -> Tensor:
         """The ranking key, ``|S|`` or ``S`` (no gradient)."""
@@ -252,14 +291,31 @@ class ScoreMask(MaskBase):
         return _ScoreSTE.apply(weight, self.scores, mask.to(weight.dtype), self.rank == "abs")
 
 
-class GlobalTopK:
-    """One top-k over the keys of several :class:`ScoreMask` s (global scope).
+class BipropMask(ScoreMask):
+    """Biprop (multi-prize tickets, MPT-1/32): kept weights become ``alpha * sign(W)``.
 
-    Keeps ``num_kept(N, sparsity)`` of the ``N`` entries of all member tensors together; per-layer
-    densities then follow the scores. The masks are recomputed once per change of any member's
-    scores (one concatenation and one ``kthvalue`` per optimizer step).
-    Source: the global threshold of chrundle/biprop (``GetGlobalSubnet``) and of Synaptic-Flow's
-    ``_global_mask``.
+    ``W_eff = alpha * sign(W) * TopK(key(S))`` with ``alpha`` = mean ``|W|`` of the kept weights of
+    this tensor, so ``W_eff`` takes values in ``{-alpha, 0, alpha}``. Gradient:
+    :class:`_BipropSTE`. Source: Diffenderfer & Kailkhura, "Multi-Prize Lottery Ticket
+    Hypothesis", ICLR 2021, Sec. 3 (Algorithm 1); chrundle/biprop ``utils/conv_type.py``. The
+    reference divides by ``int(k * n)`` instead of the kept count; they differ by at most one.
+    """
+
+    def forward(self, weight: Tensor) -> Tensor:
+        """Binarised masked weight (shape of ``weight``)."""
+        mask = self.current_mask()
+        return _BipropSTE.apply(weight, self.scores, mask.to(weight.dtype), self.rank == "abs")
+
+
+class JointTopK:
+    """One top-k over the keys of several :class:`ScoreMask` s.
+
+    Used for the global scope (all prunable tensors ranked together) and for joint weight+bias
+    ranking within a layer (Fischer & Burkholz 2021: biases compete with the weights for the
+    layer's budget). Keeps ``num_kept(N, sparsity)`` of the ``N`` entries of all members; the
+    masks are recomputed once per change of any member's scores.
+    Source: chrundle/biprop ``GetGlobalSubnet``; Synaptic-Flow ``_global_mask``;
+    RelationalML/NonZeroBiases ``resnet_new.py`` (joint weight/bias scores).
 
     Args:
         members: the score masks to rank together (at least one).
@@ -268,10 +324,16 @@ class GlobalTopK:
 
     def __init__(self, members: list[ScoreMask], sparsity: float) -> None:
         self.members = members
-        self.k = num_kept(sum(m.scores.numel() for m in members), sparsity)
         self._seen: list[tuple[int, int]] | None = None
+        self.set_sparsity(sparsity)
         for m in members:
             m.group = self
+
+    def set_sparsity(self, sparsity: float) -> None:
+        """Change the joint sparsity (density annealing)."""
+        self.sparsity = float(sparsity)
+        self.k = num_kept(sum(m.scores.numel() for m in self.members), sparsity)
+        self._seen = None
 
     def refresh(self) -> None:
         """Recompute every member's mask if any member's scores changed."""
@@ -349,21 +411,22 @@ def attach(module: nn.Module, tensor_name: str, mask: MaskBase) -> None:
 
 
 def attach_score_masks(model: nn.Module, layers: list[tuple[str, nn.Module]], sparsity: float,
-                       scope: str = "layerwise", rank: str = "abs",
-                       include_bias: bool = False) -> list[ScoreMask]:
-    """Attach a :class:`ScoreMask` to the weight (and bias) of each given layer.
+                       scope: str = "layerwise", rank: str = "abs", include_bias: bool = False,
+                       mask_class: type[ScoreMask] = ScoreMask) -> list[ScoreMask]:
+    """Attach a :class:`ScoreMask` (or subclass) to the weight, and optionally the bias, of each layer.
 
-    The scores start at zero; initialize them with :func:`ticketlab.init.init_scores`. Biases, when
-    included, get their own scores and their own top-k at the same sparsity (also in global scope,
-    where they join the global ranking).
+    The scores start at zero; initialize them with :func:`ticketlab.init.init_scores`.
 
     Args:
         model: the model (only used for naming).
         layers: output of :func:`select_layers`.
         sparsity: fraction removed in [0, 1).
-        scope: ``"layerwise"`` (one top-k per tensor) or ``"global"`` (one over all).
+        scope: ``"layerwise"`` (one top-k per layer) or ``"global"`` (one over all layers).
         rank: ``"abs"`` or ``"raw"``.
-        include_bias: also mask the biases of these layers.
+        include_bias: also mask the biases. A bias is ranked jointly with its layer's weights (one
+            top-k per layer over weights and bias, Fischer & Burkholz 2021), or with everything in
+            global scope.
+        mask_class: :class:`ScoreMask` (edge-popup) or :class:`BipropMask`.
 
     Returns:
         The score masks in layer order (weights first within a layer, then the bias).
@@ -376,13 +439,26 @@ def attach_score_masks(model: nn.Module, layers: list[tuple[str, nn.Module]], sp
     created: list[ScoreMask] = []
     for _, layer in layers:
         names = ["weight"] + (["bias"] if include_bias and getattr(layer, "bias", None) is not None else [])
+        in_layer = []
         for tname in names:
-            sm = ScoreMask(getattr(layer, tname).shape, sparsity, rank).to(getattr(layer, tname).device)
+            sm = mask_class(getattr(layer, tname).shape, sparsity, rank).to(getattr(layer, tname).device)
             attach(layer, tname, sm)
-            created.append(sm)
+            in_layer.append(sm)
+        if scope == "layerwise" and len(in_layer) > 1:
+            JointTopK(in_layer, sparsity)
+        created.extend(in_layer)
     if scope == "global":
-        GlobalTopK(created, sparsity)
+        JointTopK(created, sparsity)
     return created
+
+
+def score_groups(masks: list[ScoreMask]) -> list[ScoreMask | JointTopK]:
+    """The independent top-k units among ``masks``: each joint group once, and ungrouped masks."""
+    seen: dict[int, ScoreMask | JointTopK] = {}
+    for m in masks:
+        unit = m.group if m.group is not None else m
+        seen.setdefault(id(unit), unit)
+    return list(seen.values())
 
 
 def attach_fixed_masks(model: nn.Module, masks: dict[str, Tensor]) -> list[FixedMask]:

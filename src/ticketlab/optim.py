@@ -38,7 +38,8 @@ def lr_factor(epoch: int, cfg: SchedulerConfig, epochs: int, base_lr: float) -> 
     * warm-up: ``(epoch + 1) / warmup_epochs`` for ``epoch < warmup_epochs``;
     * ``cosine``: ``m + (1 - m) * 0.5 * (1 + cos(pi * t / T))`` with ``t = epoch - warmup``,
       ``T = epochs - warmup`` and ``m = min_lr / base_lr`` (edge-popup's per-epoch cosine,
-      allenai/hidden-networks ``utils/schedulers.py``);
+      allenai/hidden-networks ``utils/schedulers.py``); with ``cycles = c`` the cosine restarts
+      every ``ceil(T / c)`` epochs (``t`` taken modulo that);
     * ``step``: ``gamma ** (number of milestones <= epoch)``; default milestones 50% and 75%;
     * ``constant``: 1.
     """
@@ -46,9 +47,9 @@ def lr_factor(epoch: int, cfg: SchedulerConfig, epochs: int, base_lr: float) -> 
     if epoch < w:
         return (epoch + 1) / w
     if cfg.name == "cosine":
-        span = max(1, epochs - w)
+        span = max(1, math.ceil((epochs - w) / cfg.cycles))  # epochs per cosine cycle
         m = cfg.min_lr / base_lr
-        return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * (epoch - w) / span))
+        return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * ((epoch - w) % span) / span))
     if cfg.name == "step":
         milestones = cfg.milestones or [epochs // 2, (3 * epochs) // 4]
         return cfg.gamma ** sum(1 for ms in milestones if ms <= epoch)

@@ -217,7 +217,7 @@ def setup(cfg: DictConfig, run_dir: str | Path | None = None) -> Job:
     pruner = build_pruner(rc.pruner)
     init_weights(model, rc.init, rc.seed, pruner.densities(model))
     model.to(device)
-    ctx = PruneContext(seed=rc.seed, init=rc.init, device=device, data=data)
+    ctx = PruneContext(seed=rc.seed, init=rc.init, device=device, data=data, epochs=rc.trainer.epochs)
     pruner.prepare(model, ctx)
     optimizer = build_optimizer(pruner.trainable_parameters(model), rc.optimizer)
     scheduler = build_scheduler(optimizer, rc.scheduler, rc.trainer.epochs)
@@ -267,7 +267,8 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         status = "interrupted"
         raise
     finally:
-        summary = summarize(rc, model, trainer.history, status, time.perf_counter() - t0, run_dir, extra)
+        summary = summarize(rc, model, trainer.history, status, time.perf_counter() - t0, run_dir,
+                            {**extra, **trainer.pruner.summary()})
         atomic_write_json(run_dir / "summary.json", summary)
         atomic_torch_save(run_dir / "masks.pt", {
             "masks": mask_dict(model),

@@ -8,8 +8,10 @@ ConfigStore as ``/schema/pruner/<name>``) and a :class:`Pruner` subclass, both r
 2. :meth:`Pruner.prepare` -- after weight init, before the optimizer: attach masks, freeze
    weights, initialize scores, compute a mask from data, ...;
 3. :meth:`Pruner.trainable_parameters` -- what the optimizer (and its weight decay) updates;
-4. :meth:`Pruner.on_step_end` / :meth:`Pruner.on_epoch_end` during training;
-5. :meth:`Pruner.state_dict` / :meth:`Pruner.load_state_dict` -- method state for checkpoints.
+4. :meth:`Pruner.on_step_end` / :meth:`Pruner.on_epoch_end` during training (they receive the
+   :class:`~ticketlab.loop.Trainer`: model, counters, last batch, optimizer, scheduler);
+5. :meth:`Pruner.state_dict` / :meth:`Pruner.load_state_dict` -- method state for checkpoints;
+6. :meth:`Pruner.summary` -- method facts for ``summary.json``.
 """
 
 from __future__ import annotations
@@ -51,12 +53,14 @@ class PruneContext:
         init: the init config (score seed, etc.).
         device: training device.
         data: the :class:`~ticketlab.data.DataBundle` (data-dependent methods).
+        epochs: ``trainer.epochs`` (for schedules over the run).
     """
 
     seed: int
     init: InitConfig
     device: torch.device
     data: Any = None
+    epochs: int = 0
 
     @property
     def score_seed(self) -> int:
@@ -85,11 +89,12 @@ class Pruner:
         """Parameters the optimizer updates (default: every parameter with ``requires_grad``)."""
         return [p for p in model.parameters() if p.requires_grad]
 
-    def on_step_end(self, model: nn.Module, step: int) -> None:
-        """Called after every optimizer step (``step`` counts from 1)."""
+    def on_step_end(self, trainer: Any) -> None:
+        """Called after every optimizer step; ``trainer.step`` counts completed steps from 1."""
 
-    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
-        """Called after every training epoch (``epoch`` counts from 1)."""
+    def on_epoch_end(self, trainer: Any) -> None:
+        """Called after every training epoch, before the LR scheduler steps and before evaluation;
+        ``trainer.epoch`` is the number of completed epochs (from 1)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Method state to checkpoint (counters, RNG states...); default empty."""
@@ -97,6 +102,10 @@ class Pruner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+
+    def summary(self) -> dict[str, Any]:
+        """Method facts merged into ``summary.json`` (default none)."""
+        return {}
 
 
 PRUNERS: Registry[tuple[type[PrunerConfig], type[Pruner]]] = Registry("pruner")
