@@ -128,3 +128,14 @@ def test_torchvision_cifar10_batches_are_used_when_present(tmp_path, monkeypatch
     assert (d.num_train, d.num_test, d.input_shape, d.info["source"]) == (20, 4, (3, 32, 32), str(base))
     first = torch.from_numpy(pickle.load(open(base / "data_batch_1", "rb"))["data"][0].reshape(3, 32, 32))
     assert torch.equal(d.train.images[0], first)  # CHW layout preserved
+
+
+def test_validation_split_is_disjoint_fixed_and_seeded():
+    from ticketlab.data.loaders import split_indices
+
+    tr, va = split_indices(100, 0.2, seed=0)
+    assert len(va) == 20 and len(tr) == 80 and not set(tr.tolist()) & set(va.tolist())
+    assert torch.equal(va, split_indices(100, 0.2, seed=0)[1])
+    assert not torch.equal(va, split_indices(100, 0.2, seed=1)[1])
+    d = build_data(DatasetConfig(name="digits", val_fraction=0.1), torch.device("cpu"), seed=5)
+    assert (d.num_train, d.num_val, d.num_test) == (1293, 144, 360)

@@ -60,3 +60,27 @@ def test_train_py_on_cifar10_few_batches(data_dir, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "completed" and s["dataset"] == "cifar10" and s["params_total"] == 2_425_024
     assert s["sparsity"] == pytest.approx(0.5)
+
+
+VARIANTS = [
+    ["pruner=edge_popup"], ["pruner=biprop"], ["pruner=iterand", "pruner.period=2"],
+    ["pruner=weight_recycling", "pruner.every=1", "trainer.epochs=3"],
+    ["pruner=eps_perturbation", "pruner.phase_a_steps=2"],
+    ["pruner=edge_popup", "model.bias=true", "pruner.prune_bias=true", "pruner.clamp_scores=true",
+     "init=kaiming_normal", "init.bias_init=he_product", "pruner.scaling=true"],
+    ["init=kaiming_uniform"], ["init=unsigned_constant"], ["init=xavier_normal"],
+    ["init=ortho_ll", "model.bias=true", "init.bias_init=ll_dependent"],
+]
+
+
+@pytest.mark.parametrize("dataset,model", [("mnist", "lenet300_100"), ("cifar10", "conv2")])
+@pytest.mark.parametrize("variant", VARIANTS, ids=[" ".join(v) for v in VARIANTS])
+def test_every_method_and_init_on_real_data(data_dir, tmp_path, cfg_factory, dataset, model, variant):
+    from ticketlab.run import run
+
+    require(data_dir / ("MNIST/raw" if dataset == "mnist" else "cifar10-jpeg/train"), dataset)
+    s = run(cfg_factory(f"dataset={dataset}", f"model={model}", f"dataset.root={data_dir}", "trainer.epochs=2",
+                        "trainer.limit_train_batches=3", "trainer.limit_eval_batches=1", "dataset.eval_batch_size=500",
+                        *variant), run_dir=tmp_path)
+    assert s["status"] == "completed" and s["dataset"] == dataset
+    assert 0.0 <= s["test_acc"] <= 1.0

@@ -52,6 +52,9 @@ class DatasetConfig:
         cache_dir: where decoded ImageFolder copies are cached as uint8 tensors.
         test_fraction: held-out test fraction for ``digits`` (it ships no split; split seed 0).
         image_size: crop size for the streamed folder sets (pixels).
+        val_fraction: fraction of the training set held out as a validation set (0 = none);
+            summaries then report the test accuracy at the best validation epoch.
+        val_seed: seed of the validation split (fixed, independent of ``seed``).
     """
 
     name: str = MISSING
@@ -64,8 +67,11 @@ class DatasetConfig:
     cache_dir: str = "${oc.env:TICKETLAB_CACHE,.cache/ticketlab}"
     test_fraction: float = 0.2
     image_size: int = 224
+    val_fraction: float = 0.0
+    val_seed: int = 0
 
     def __post_init__(self) -> None:
+        check_range("dataset.val_fraction", self.val_fraction, 0.0, 1.0, hi_open=True)
         check_choice("dataset.name", self.name, DATASETS)
         check_range("dataset.batch_size", self.batch_size, 1, float("inf"))
         check_range("dataset.eval_batch_size", self.eval_batch_size, 1, float("inf"))
@@ -101,7 +107,8 @@ class ModelConfig:
             check_range("model.widths[i]", w, 1, float("inf"))
 
 
-INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant")
+INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant", "unsigned_constant", "xavier_normal", "ortho_ll")
+BIAS_INITS = ("zero", "default", "he_product", "ll_paired", "ll_dependent")
 
 
 @dataclass
@@ -109,14 +116,17 @@ class InitConfig:
     """``init=`` group: distribution of the (frozen or trained) weights. See :mod:`ticketlab.init`.
 
     Attributes:
-        name: ``kaiming_normal``, ``kaiming_uniform`` or ``signed_constant``.
+        name: ``kaiming_normal``, ``kaiming_uniform``, ``signed_constant``, ``unsigned_constant``,
+            ``xavier_normal`` or ``ortho_ll`` (looks-linear orthogonal).
         mode: ``fan_in`` or ``fan_out`` for the Kaiming standard deviation.
         nonlinearity: gain of the Kaiming std (``relu``: sqrt(2); ``linear``: 1).
         scale_fan: scale the std by density (Ramanujan et al. 2020, "scaled" inits).
         scale_fan_convention: ``paper``: std / sqrt(density) (Ramanujan et al. 2020, Sec. 4);
             ``reference_code``: std / sqrt(1 - density), what allenai/hidden-networks computes
             (its issue #9); identical at density 0.5.
-        bias_init: ``zero`` or ``default`` (PyTorch's layer default) for layer biases.
+        bias_init: layer biases: ``zero``, ``default`` (PyTorch's), ``he_product`` (Fischer &
+            Burkholz), ``ll_paired`` or ``ll_dependent`` (with ``ortho_ll``).
+        bias_factor: the factor of the ``he_product``/``ll_*`` bias std chain (default 0.05).
         weight_seed: seed of the weights; ``null`` = the run's ``seed``.
         score_seed: seed of the scores (score-based pruners); ``null`` = the run's ``seed``.
     """
@@ -127,6 +137,7 @@ class InitConfig:
     scale_fan: bool = False
     scale_fan_convention: str = "paper"
     bias_init: str = "zero"
+    bias_factor: float = 0.05
     weight_seed: int | None = None
     score_seed: int | None = None
 
@@ -135,7 +146,11 @@ class InitConfig:
         check_choice("init.mode", self.mode, ("fan_in", "fan_out"))
         check_choice("init.nonlinearity", self.nonlinearity, ("relu", "linear"))
         check_choice("init.scale_fan_convention", self.scale_fan_convention, ("paper", "reference_code"))
-        check_choice("init.bias_init", self.bias_init, ("zero", "default"))
+        check_choice("init.bias_init", self.bias_init, BIAS_INITS)
+        check_range("init.bias_factor", self.bias_factor, 0.0, float("inf"))
+        if self.bias_init.startswith("ll_") and self.name != "ortho_ll":
+            raise ConfigError(f"init.bias_init={self.bias_init} pairs biases for looks-linear weights; it needs "
+                              f"init.name=ortho_ll (got {self.name}).")
 
 
 @dataclass

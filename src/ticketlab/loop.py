@@ -131,8 +131,8 @@ class Trainer:
     def fit(self, until: int | None = None) -> list[dict[str, Any]]:
         """Train from ``self.epoch + 1`` to ``cfg.epochs`` (or to epoch ``until``); returns the history.
 
-        Each epoch appends one row to ``metrics.jsonl`` (epoch, train_loss, train_acc, test_loss,
-        test_acc, lr, sparsity, epoch_s, images_per_s), calls ``on_epoch`` and saves
+        Each epoch appends one row to ``metrics.jsonl`` (epoch, train_loss, train_acc, [val_loss,
+        val_acc,] test_loss, test_acc, lr, sparsity, epoch_s, images_per_s), calls ``on_epoch`` and saves
         ``last.ckpt``. With ``epochs == 0`` the initial network is evaluated once (epoch 0).
         """
         if self.cfg.epochs == 0 and not self.history:
@@ -153,9 +153,14 @@ class Trainer:
 
     def _record(self, epoch: int, train: dict[str, float], lr: float, start: float) -> None:
         test_loss, test_acc = self.evaluate()
+        val = {}
+        if self.data.val is not None:
+            val_loss, val_acc = self.evaluate(self.data.val)
+            val = {"val_loss": val_loss, "val_acc": val_acc}
         row = {
             "epoch": epoch,
             "train_loss": train["train_loss"], "train_acc": train["train_acc"],
+            **val,
             "test_loss": test_loss, "test_acc": test_acc,
             "lr": lr,
             "sparsity": sparsity_report(self.model).sparsity,

@@ -132,8 +132,12 @@ def check_compatibility(rc: RunConfig, model: torch.nn.Module) -> None:
             without affine BN.
     """
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
-    if getattr(rc.pruner, "prune_bias", False) and not any(m.bias is not None for m in layers):
+    has_bias = any(m.bias is not None for m in layers)
+    if getattr(rc.pruner, "prune_bias", False) and not has_bias:
         raise ConfigError("pruner.prune_bias=true but the model has no layer biases; set model.bias=true.")
+    if rc.init.bias_init not in ("zero", "default") and not has_bias:
+        raise ConfigError(f"init.bias_init={rc.init.bias_init} but the model has no layer biases; "
+                          "set model.bias=true.")
     if getattr(rc.pruner, "train_bn", False) and not any(
             isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.affine for m in model.modules()):
         raise ConfigError("pruner.train_bn=true but the model has no affine batch norm; set model.bn_affine=true "
@@ -145,7 +149,9 @@ def summarize(rc: RunConfig, model: torch.nn.Module, history: list[dict[str, Any
     """The ``summary.json`` dict.
 
     Keys: ``status`` (completed/failed/interrupted), ``test_acc`` (last epoch), ``best_test_acc``
-    (max over epochs; for reference only, it selects on the test set), ``train_acc``,
+    (max over epochs; for reference only, it selects on the test set), ``train_acc``; with a
+    validation split also ``val_acc``, ``best_val_acc``, ``best_val_epoch`` and
+    ``test_acc_at_best_val`` (model selection on validation, never on test);
     ``sparsity``/``density`` (measured from the masks over prunable weights),
     ``target_sparsity``, ``params_total``/``params_remaining`` (prunable weights: Conv/Linear
     weights), ``params_all`` (every parameter and buffer-free tensor of the model, unmasked),
@@ -154,11 +160,17 @@ def summarize(rc: RunConfig, model: torch.nn.Module, history: list[dict[str, Any
     """
     rep = sparsity_report(model)
     accs = [r["test_acc"] for r in history if not math.isnan(r["test_acc"])]
+    val: dict[str, Any] = {}
+    if history and "val_acc" in history[-1]:
+        best = max(history, key=lambda r: r["val_acc"])  # first epoch reaching the best validation accuracy
+        val = {"best_val_acc": best["val_acc"], "best_val_epoch": best["epoch"],
+               "test_acc_at_best_val": best["test_acc"], "val_acc": history[-1]["val_acc"]}
     return {
         "status": status,
         "test_acc": history[-1]["test_acc"] if history else None,
         "best_test_acc": max(accs) if accs else None,
         "train_acc": history[-1]["train_acc"] if history else None,
+        **val,
         "sparsity": rep.sparsity,
         "density": rep.density,
         "target_sparsity": rc.pruner.sparsity,

@@ -32,7 +32,7 @@ from ..config import DatasetConfig
 from ..errors import ConfigError
 from ..registry import Registry
 from .imagefolder import load_cached_split
-from .loaders import DataBundle, TensorLoader
+from .loaders import DataBundle, TensorLoader, split_indices
 
 __all__ = ["DATASETS", "DataBundle", "TensorLoader", "build_data"]
 
@@ -68,13 +68,18 @@ def _memory_bundle(name: str, cfg: DatasetConfig, device: torch.device, gen: tor
                    info: dict) -> DataBundle:
     xtr, ytr = train
     xte, yte = test
+    val = None
+    if cfg.val_fraction > 0:
+        itr, iva = split_indices(len(ytr), cfg.val_fraction, cfg.val_seed)
+        val = TensorLoader(xtr[iva], ytr[iva], cfg.eval_batch_size, mean, std, device)
+        xtr, ytr = xtr[itr], ytr[itr]
     return DataBundle(
         name=name,
         train=TensorLoader(xtr, ytr, cfg.batch_size, mean, std, device, shuffle=True,
                            augment_pad=augment_pad if cfg.augment else 0, generator=gen),
         test=TensorLoader(xte, yte, cfg.eval_batch_size, mean, std, device),
         input_shape=tuple(xtr.shape[1:]), num_classes=num_classes, num_train=len(ytr), num_test=len(yte),
-        generator=gen, info=info,
+        generator=gen, info=info, val=val, num_val=len(val.labels) if val is not None else 0,
     )
 
 
@@ -203,7 +208,7 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 def _streamed(name: str, folders: list[str], small: bool):
     def build(cfg: DatasetConfig, device: torch.device, gen: torch.Generator) -> DataBundle:
         import torchvision.transforms as T
-        from torch.utils.data import DataLoader
+        from torch.utils.data import DataLoader, Subset
         from torchvision.datasets import ImageFolder
 
         root = Path(cfg.root)
@@ -223,14 +228,22 @@ def _streamed(name: str, folders: list[str], small: bool):
                                   else [T.Resize(int(size / 0.875)), T.CenterCrop(size)]) + norm)
             test_tf = T.Compose([T.Resize(int(size / 0.875)), T.CenterCrop(size)] + norm)
         tr, te = ImageFolder(str(base / "train"), train_tf), ImageFolder(str(base / split), test_tf)
+        classes = len(tr.classes)
         pin = device.type == "cuda"
         kw = dict(num_workers=cfg.num_workers, pin_memory=pin, persistent_workers=cfg.num_workers > 0)
+        val = None
+        if cfg.val_fraction > 0:  # the held-out images are read with the test transform
+            itr, iva = split_indices(len(tr), cfg.val_fraction, cfg.val_seed)
+            val = DataLoader(Subset(ImageFolder(str(base / "train"), test_tf), iva.tolist()), cfg.eval_batch_size,
+                             shuffle=False, **kw)
+            tr = Subset(tr, itr.tolist())
         return DataBundle(
             name=name,
             train=DataLoader(tr, cfg.batch_size, shuffle=True, generator=gen, drop_last=False, **kw),
             test=DataLoader(te, cfg.eval_batch_size, shuffle=False, **kw),
-            input_shape=(3, size, size), num_classes=len(tr.classes), num_train=len(tr), num_test=len(te),
+            input_shape=(3, size, size), num_classes=classes, num_train=len(tr), num_test=len(te),
             generator=gen, info={"source": str(base), "format": "imagefolder", "test_split": split},
+            val=val, num_val=len(val.dataset) if val is not None else 0,
         )
 
     build.__doc__ = f"``{name}``: ImageFolder copy streamed through a DataLoader with workers."

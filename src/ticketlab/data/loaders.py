@@ -23,6 +23,7 @@ class DataBundle:
     Attributes:
         name: dataset key.
         train, test: iterables of ``(x: float (B, C, H, W), y: int64 (B,))`` with ``len()`` = batches.
+        val: the held-out validation split (``dataset.val_fraction > 0``), else ``None``.
         input_shape: ``(C, H, W)``.
         num_classes: number of labels.
         num_train, num_test: number of examples.
@@ -39,6 +40,18 @@ class DataBundle:
     num_test: int
     generator: torch.Generator | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    val: Any = None
+    num_val: int = 0
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, val)`` index tensors: a random ``round(fraction * n)`` of ``range(n)`` held out.
+
+    The permutation depends only on ``(n, seed)``, so the split is fixed across runs and methods.
+    """
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = round(fraction * n)
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
 def random_crop_flip(x: Tensor, pad: int, gen: torch.Generator, flip: bool = True) -> Tensor:

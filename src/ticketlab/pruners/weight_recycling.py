@@ -1,0 +1,115 @@
+"""``pruner=weight_recycling``: Iterative Weight Recycling (Gorbett & Whitley 2023, "Randomly
+Initialized Subnetworks with Iterative Weight Recycling", arXiv 2303.15953, Sec. 3; code
+mattgorb/parameter_tiling_and_recycling @420a2c8 ``utils/conv_type.py``).
+
+Edge-popup or biprop (``base``), plus, every ``every`` epochs, an intra-layer copy: in each masked
+weight tensor the ``q = floor(rate * n)`` positions with the lowest ``|score|`` take the values of
+the ``q`` positions with the highest ``|score|``, paired in rank order (the i-th lowest receives
+the i-th of the top block, both in ascending score order). Scores, optimizer state and the mask
+rule are untouched. ``source=next_lowest`` is the paper's ablation (copy from positions
+``q..2q-1`` instead of the top block).
+
+Schedule (reference ``main.py``): after 0-based epoch ``e`` when ``e > 0``, ``e % every == 0``,
+``e != epochs - 1`` and ``e >= warmup``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import check_choice, check_range
+from ..masks import BipropMask, ScoreMask, masked_tensors
+from .base import register_pruner
+from .edge_popup import EdgePopup, EdgePopupConfig
+
+
+@dataclass
+class WeightRecyclingConfig(EdgePopupConfig):
+    """``pruner=weight_recycling``.
+
+    Attributes:
+        base: ``edge_popup`` or ``biprop`` (which mask the recycling runs on).
+        rate: rho, fraction of each layer's weights recycled, in [0, 1] (default 0.2).
+        every: F, epochs between recyclings (default 10).
+        warmup: no recycling before this 0-based epoch.
+        source: ``top`` (the method) or ``next_lowest`` (the ablation).
+    """
+
+    name: str = "weight_recycling"
+    base: str = "edge_popup"
+    rate: float = 0.2
+    every: int = 10
+    warmup: int = 0
+    source: str = "top"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("pruner.base", self.base, ("edge_popup", "biprop"))
+        check_range("pruner.rate", self.rate, 0.0, 1.0)
+        check_range("pruner.every", self.every, 1, float("inf"))
+        check_range("pruner.warmup", self.warmup, 0, float("inf"))
+        check_choice("pruner.source", self.source, ("top", "next_lowest"))
+        if self.source == "next_lowest":
+            check_range("pruner.rate", self.rate, 0.0, 0.5)
+
+
+@register_pruner("weight_recycling", WeightRecyclingConfig)
+class WeightRecycling(EdgePopup):
+    """Edge-popup/biprop with iterative weight recycling."""
+
+    cfg: WeightRecyclingConfig
+
+    def __init__(self, cfg: WeightRecyclingConfig) -> None:
+        super().__init__(cfg)
+        self.mask_class: type[ScoreMask] = BipropMask if cfg.base == "biprop" else ScoreMask
+        self.recycled_at: list[int] = []
+        self.total_epochs = 0
+
+    def prepare(self, model: nn.Module, ctx) -> None:  # noqa: D102
+        super().prepare(model, ctx)
+        self.total_epochs = ctx.epochs
+
+    def due(self, epoch: int) -> bool:
+        """Whether recycling follows completed epoch ``epoch`` (1-based), per the reference schedule."""
+        e = epoch - 1
+        return e > 0 and e % self.cfg.every == 0 and e != self.total_epochs - 1 and e >= self.cfg.warmup
+
+    def on_epoch_end(self, trainer: Any) -> None:
+        """Annealing/scaling (edge-popup), then recycle when due."""
+        super().on_epoch_end(trainer)
+        if self.due(trainer.epoch):
+            self.recycle(trainer.model)
+            self.recycled_at.append(trainer.epoch)
+
+    @torch.no_grad()
+    def recycle(self, model: nn.Module) -> None:
+        """Copy top-|score| weight values into the lowest-|score| positions of every masked weight."""
+        for mt in masked_tensors(model):
+            if mt.tensor_name != "weight":
+                continue
+            flat = mt.original.view(-1)
+            n = flat.numel()
+            q = math.floor(self.cfg.rate * n)
+            if q == 0:
+                continue
+            order = torch.sort(mt.mask.scores.detach().abs().reshape(-1), stable=True).indices
+            src = order[n - q:] if self.cfg.source == "top" else order[q:2 * q]
+            flat[order[:q]] = flat[src].clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Edge-popup state plus the epochs after which recycling happened."""
+        return {**super().state_dict(), "recycled_at": list(self.recycled_at)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        super().load_state_dict(state)
+        self.recycled_at = list(state["recycled_at"])
+
+    def summary(self) -> dict[str, Any]:
+        """Epochs after which weights were recycled."""
+        return {**super().summary(), "recycled_at": self.recycled_at}

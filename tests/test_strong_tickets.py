@@ -1,0 +1,405 @@
+"""Strong-ticket methods: each method's defining property on tiny networks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ticketlab.config import InitConfig, ModelConfig
+from ticketlab.errors import ConfigError
+from ticketlab.init import he_product_stds, init_weights
+from ticketlab.mask_metrics import chance, compare_mask_sets, similarity
+from ticketlab.masks import (
+    BipropMask,
+    attach_score_masks,
+    masked_tensors,
+    num_kept,
+    prunable_layers,
+    select_layers,
+    sparsity_report,
+)
+from ticketlab.models import build_model
+from ticketlab.pruners import PruneContext, build_pruner
+from ticketlab.pruners.biprop import BinaryActivation, BipropConfig
+from ticketlab.pruners.edge_popup import EdgePopupConfig
+from ticketlab.pruners.eps_perturbation import EpsPerturbationConfig
+from ticketlab.pruners.iterand import IteRandConfig
+from ticketlab.pruners.weight_recycling import WeightRecyclingConfig
+from ticketlab.run import setup
+
+CPU = torch.device("cpu")
+
+
+def mlp(widths=(64, 32), bias=False, in_shape=(1, 6, 6)):
+    return build_model(ModelConfig(name="mlp", widths=list(widths), bias=bias), in_shape, 10)
+
+
+def prepared(cfg, model=None, init="kaiming_normal", seed=0, data=None, epochs=10, **init_kw):
+    model = model if model is not None else mlp()
+    pruner = build_pruner(cfg)
+    icfg = InitConfig(name=init, **init_kw)
+    init_weights(model, icfg, seed, pruner.densities(model))
+    pruner.prepare(model, PruneContext(seed, icfg, CPU, data, epochs))
+    return model, pruner
+
+
+class FakeTrainer:
+    """The attributes pruner hooks read."""
+
+    def __init__(self, model, batch=None):
+        self.model, self.step, self.epoch, self.last_batch = model, 0, 0, batch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1),
+                                                           lambda e: 1.0)
+
+
+# --------------------------------------------------------------------------- joint top-k (bias pruning)
+def test_joint_weight_bias_ranking_keeps_exact_count_per_layer():
+    model = mlp(bias=True)
+    masks = attach_score_masks(model, select_layers(model), 0.7, include_bias=True)
+    with torch.no_grad():
+        for m in masks:
+            m.scores.normal_()
+        masks[1].scores.abs_().add_(10)  # first layer's bias scores beat every weight score of its layer
+    rep = sparsity_report(model)
+    for name, layer in prunable_layers(model):
+        n = layer.weight.numel() + layer.bias.numel()
+        kept = rep.layers[f"{name}.weight"]["kept"] + rep.layers[f"{name}.bias"]["kept"]
+        assert kept == num_kept(n, 0.7)
+    assert rep.layers["net.1.bias"]["density"] == 1.0  # biases compete with, and here beat, the weights
+
+
+# --------------------------------------------------------------------------- biprop
+def test_biprop_weights_are_ternary_with_alpha_mean_kept_magnitude():
+    model, _ = prepared(BipropConfig(sparsity=0.6))
+    for mt in masked_tensors(model):
+        w, m = mt.original, mt.mask.current_mask().bool()
+        alpha = w.abs()[m].mean()
+        eff = getattr(mt.module, mt.tensor_name)
+        magnitudes = torch.unique(eff[m].abs())
+        assert magnitudes.numel() == 1  # one alpha per tensor: values in {-alpha, 0, alpha}
+        assert magnitudes.item() == pytest.approx(alpha.item(), rel=1e-6)
+        assert torch.equal(torch.sign(eff[m]), torch.sign(w[m]))
+        assert torch.all(eff[~m] == 0)
+
+
+def test_biprop_score_gradient_has_edge_popup_form():
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 3, bias=False)
+    w = layer.weight.detach().clone()
+    layer.weight.requires_grad_(False)
+    (sm,) = attach_score_masks(layer, [("", layer)], 0.5, mask_class=BipropMask)
+    with torch.no_grad():
+        sm.scores.normal_()
+    x, up = torch.randn(4, 5), torch.randn(4, 3)
+    (layer(x) * up).sum().backward()
+    assert torch.allclose(sm.scores.grad, (up.T @ x) * w * torch.sign(sm.scores.detach()), atol=1e-6)
+
+
+def test_binary_activations_use_bireal_surrogate():
+    model, _ = prepared(BipropConfig(binary_activations=True), model=mlp(widths=(16, 16, 16)))
+    acts = [m for m in model.modules() if isinstance(m, BinaryActivation | nn.ReLU)]
+    assert [type(a) for a in acts] == [BinaryActivation, BinaryActivation, nn.ReLU]  # last ReLU kept
+    x = torch.tensor([-2.0, -0.5, 0.25, 3.0], requires_grad=True)
+    y = BinaryActivation()(x)
+    y.sum().backward()
+    assert y.tolist() == [-1.0, -1.0, 1.0, 1.0]
+    assert x.grad.tolist() == [0.0, 1.0, 1.5, 0.0]
+
+
+# --------------------------------------------------------------------------- IteRand
+def iterand(period=5, rate=0.3, init="kaiming_uniform", **kw):
+    return prepared(IteRandConfig(period=period, rate=rate, sparsity=0.5, **kw), model=mlp((200, 100)), init=init)
+
+
+def test_iterand_redraws_only_pruned_weights_at_rate_r():
+    model, pruner = iterand(rate=0.3)
+    before = {mt.name: (mt.original.clone(), mt.mask.current_mask().bool().clone()) for mt in masked_tensors(model)}
+    scores = {mt.name: mt.mask.scores.clone() for mt in masked_tensors(model)}
+    pruner.rerandomize(model)
+    changed = pruned = 0
+    for mt in masked_tensors(model):
+        w0, keep = before[mt.name]
+        assert torch.equal(mt.original[keep], w0[keep])  # kept weights bit-identical
+        assert torch.equal(mt.mask.scores, scores[mt.name])
+        changed += int((mt.original[~keep] != w0[~keep]).sum())
+        pruned += int((~keep).sum())
+    # binomial: mean r * n, std sqrt(n r (1 - r)); 5 sigma
+    assert abs(changed - 0.3 * pruned) < 5 * math.sqrt(pruned * 0.3 * 0.7)
+
+
+def test_iterand_acts_exactly_every_period():
+    model, pruner = iterand(period=4)
+    trainer = FakeTrainer(model)
+    snapshots = []
+    for step in range(1, 9):
+        trainer.step = step
+        pruner.on_step_end(trainer)
+        snapshots.append(torch.cat([mt.original.reshape(-1) for mt in masked_tensors(model)]).clone())
+    changed = [not torch.equal(a, b) for a, b in zip(snapshots, snapshots[1:], strict=False)]
+    # redraws follow completed steps 3 and 7 ((t + 1) % 4 == 0): between snapshots 2->3 and 6->7
+    assert changed == [False, True, False, False, False, True, False]
+    assert pruner.rerandomizations == 2
+
+
+def test_iterand_signed_constant_redraws_flip_half_the_signs():
+    model, pruner = iterand(rate=1.0, init="signed_constant")
+    before = {mt.name: (mt.original.clone(), mt.mask.current_mask().bool()) for mt in masked_tensors(model)}
+    pruner.rerandomize(model)
+    flips = sum(int((mt.original[~k] != w[~k]).sum()) for mt in masked_tensors(model)
+                for w, k in [before[mt.name]])
+    pruned = sum(int((~k).sum()) for _, k in before.values())
+    assert abs(flips - pruned / 2) < 5 * math.sqrt(pruned / 4)
+    assert all(torch.equal(mt.original.abs(), before[mt.name][0].abs()) for mt in masked_tensors(model))
+
+
+def test_iterand_candidate_rate_limits_to_lowest_scores():
+    model, pruner = iterand(rate=1.0, candidate_rate=0.5)
+    before = {mt.name: mt.original.clone() for mt in masked_tensors(model)}
+    pruner.rerandomize(model)
+    for mt in masked_tensors(model):
+        changed = mt.original != before[mt.name]
+        n = mt.original.numel()
+        lowest = torch.argsort(mt.mask.scores.reshape(-1))[: math.floor(0.25 * n)]
+        allowed = torch.zeros(n, dtype=torch.bool)
+        allowed[lowest] = True
+        assert not torch.any(changed.reshape(-1) & ~allowed)
+        assert int(changed.sum()) > 0.9 * allowed.sum()
+
+
+# --------------------------------------------------------------------------- weight recycling
+@pytest.mark.parametrize("source", ["top", "next_lowest"])
+def test_recycling_copies_paired_values_and_touches_nothing_else(source):
+    model, pruner = prepared(WeightRecyclingConfig(rate=0.2, source=source), model=mlp((50, 30)))
+    before = {mt.name: mt.original.clone() for mt in masked_tensors(model)}
+    scores = {mt.name: mt.mask.scores.clone() for mt in masked_tensors(model)}
+    pruner.recycle(model)
+    for mt in masked_tensors(model):
+        w0, w = before[mt.name].reshape(-1), mt.original.reshape(-1)
+        n = w.numel()
+        q = math.floor(0.2 * n)
+        order = torch.argsort(scores[mt.name].abs().reshape(-1), stable=True)
+        low = order[:q]
+        src = order[n - q:] if source == "top" else order[q:2 * q]
+        assert torch.equal(w[low], w0[src])
+        untouched = torch.ones(n, dtype=torch.bool)
+        untouched[low] = False
+        assert torch.equal(w[untouched], w0[untouched])
+        assert torch.equal(mt.mask.scores, scores[mt.name])
+
+
+def test_recycling_schedule_follows_reference():
+    _, pruner = prepared(WeightRecyclingConfig(every=3, warmup=4), epochs=14)
+    assert [e for e in range(1, 15) if pruner.due(e)] == [7, 10, 13]  # 0-based 6, 9, 12; never the last
+
+
+def test_recycling_on_biprop():
+    model, pruner = prepared(WeightRecyclingConfig(base="biprop"))
+    assert all(isinstance(mt.mask, BipropMask) for mt in masked_tensors(model))
+
+
+# --------------------------------------------------------------------------- epsilon perturbation
+@pytest.mark.parametrize("norm,scale", [("linf", "absolute"), ("linf", "init_std"), ("linf", "relative"),
+                                        ("l2", "absolute"), ("l2", "init_std"), ("l2", "relative")])
+def test_eps_perturbation_respects_the_ball_and_freezes_weights(cfg_factory, tmp_path, norm, scale):
+    eps = 0.05
+    job = setup(cfg_factory("pruner=eps_perturbation", f"pruner.eps={eps}", f"pruner.norm={norm}",
+                            f"pruner.eps_scale={scale}", "pruner.phase_a_steps=30", "pruner.phase_a_lr=0.5",
+                            "init=kaiming_normal", "seed=3"), run_dir=tmp_path)
+    model = job.trainer.model
+    ref = mlp((256, 256), in_shape=(1, 8, 8))
+    init_weights(ref, job.rc.init, 3, job.trainer.pruner.densities(ref))
+    w0 = {f"{n}.weight": layer.weight.detach() for n, layer in prunable_layers(ref)}
+    std = {f"{n}.weight": math.sqrt(2.0 / layer.in_features) for n, layer in prunable_layers(ref)}
+    moved = 0.0
+    for mt in masked_tensors(model):
+        d = mt.original - w0[mt.name]
+        moved = max(moved, float(d.abs().max()))
+        if norm == "linf":
+            bound = {"absolute": eps, "init_std": eps * std[mt.name]}.get(scale)
+            limit = eps * w0[mt.name].abs() if scale == "relative" else torch.full_like(d, bound)
+            assert torch.all(d.abs() <= limit * (1 + 1e-5) + 1e-7)
+        else:
+            radius = {"absolute": eps, "init_std": eps * std[mt.name] * math.sqrt(d.numel()),
+                      "relative": eps * float(w0[mt.name].norm())}[scale]
+            assert float(d.norm()) <= radius * (1 + 1e-5)
+    assert moved > 0  # phase A did move the weights
+    perturbed = {mt.name: mt.original.clone() for mt in masked_tensors(model)}
+    job.trainer.fit()
+    assert all(torch.equal(mt.original, perturbed[mt.name]) for mt in masked_tensors(model))  # phase B frozen
+    assert job.trainer.pruner.state_dict()["phase"] == "B"
+
+
+def test_eps_random_control_has_the_same_size(cfg_factory, tmp_path):
+    common = ["pruner=eps_perturbation", "pruner.eps=0.5", "pruner.norm=l2", "pruner.phase_a_steps=10",
+              "init=kaiming_normal", "trainer.epochs=0"]
+    sgd = setup(cfg_factory(*common), run_dir=tmp_path / "a").trainer.pruner.perturbation_stats
+    rnd = setup(cfg_factory(*common, "pruner.perturbation=random"), run_dir=tmp_path / "b").trainer.pruner
+    for name, stats in rnd.perturbation_stats.items():
+        assert stats["l2"] == pytest.approx(sgd[name]["l2"], rel=1e-4)
+
+
+# --------------------------------------------------------------------------- Fischer & Burkholz options
+def test_clamped_scores_stay_nonnegative(cfg_factory, tmp_path):
+    job = setup(cfg_factory("pruner.clamp_scores=true", "pruner.score_init=constant"), run_dir=tmp_path)
+    job.trainer.fit()
+    assert all(float(mt.mask.scores.detach().min()) >= 0 for mt in masked_tensors(job.trainer.model))
+
+
+def test_density_annealing_levels():
+    cfg = EdgePopupConfig(sparsity=0.9, anneal_levels=3, anneal_start_density=0.6)
+    model, pruner = prepared(cfg, epochs=6)
+    densities = [sparsity_report(model).density]
+    trainer = FakeTrainer(model)
+    for epoch in range(1, 7):
+        trainer.epoch = epoch
+        pruner.on_epoch_end(trainer)
+        densities.append(sparsity_report(model).density)
+    f = (0.1 / 0.6) ** (1 / 3)
+    assert densities[0] == pytest.approx(0.6 * f, abs=1e-3)
+    assert densities[2] == pytest.approx(0.6 * f * f, abs=1e-3)  # level 2 after epoch 2
+    assert densities[-1] == pytest.approx(0.1, abs=1e-3)
+    state = pruner.state_dict()
+    model2, pruner2 = prepared(cfg, epochs=6)
+    pruner2.load_state_dict(state)
+    assert sparsity_report(model2).density == pytest.approx(0.1, abs=1e-3)
+
+
+def test_scaled_edge_popup_multiplies_the_logits_by_the_fitted_scale():
+    model, pruner = prepared(EdgePopupConfig(scaling=True), model=mlp(bias=True), init="kaiming_normal",
+                             bias_init="he_product")
+    x, y = torch.randn(32, 1, 6, 6), torch.randint(0, 10, (32,))
+    with torch.no_grad():
+        before = model(x)
+    trainer = FakeTrainer(model, (x, y))
+    pruner.on_epoch_end(trainer)
+    s = pruner.scale
+    assert s != 1.0
+    with torch.no_grad():
+        assert torch.allclose(model(x), s * before, rtol=1e-4, atol=1e-5)
+    assert trainer.scheduler.base_lrs[0] == pytest.approx(0.1 / s)
+
+
+# --------------------------------------------------------------------------- initializers
+def ll_net(widths=(8, 8, 8), bias_init="zero", in_shape=(1, 2, 3)):
+    m = mlp(widths, bias=bias_init != "zero", in_shape=in_shape)
+    init_weights(m, InitConfig(name="ortho_ll", bias_init=bias_init), seed=1)
+    return m
+
+
+def assert_linear(f, x):
+    with torch.no_grad():
+        assert torch.allclose(f(x) + f(-x), torch.zeros_like(f(x)), atol=1e-5)
+        assert torch.allclose(f(2.5 * x), 2.5 * f(x), atol=1e-4)
+        assert torch.allclose(f(x[:1] + x[1:2]), f(x[:1]) + f(x[1:2]), atol=1e-5)
+
+
+def test_looks_linear_mlp_is_linear_at_init():
+    assert_linear(ll_net(), torch.randn(4, 1, 2, 3))
+    relu_net = mlp((8, 8, 8), in_shape=(1, 2, 3))
+    init_weights(relu_net, InitConfig(name="kaiming_normal"), seed=1)
+    with torch.no_grad():
+        x = torch.randn(4, 1, 2, 3)
+        assert not torch.allclose(relu_net(x) + relu_net(-x), torch.zeros(4, 10), atol=1e-3)
+
+
+def test_looks_linear_conv_net_is_linear_at_init():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, bias=False),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 5 * 5, 10, bias=False))
+    init_weights(net, InitConfig(name="ortho_ll"), seed=0)
+    assert_linear(net, torch.randn(3, 3, 5, 5))
+
+
+def test_orthogonal_looks_linear_layers_preserve_norms():
+    net = ll_net(widths=(16, 16))
+    hidden = prunable_layers(net)[1][1]  # 16 -> 16: [[W0, -W0], [-W0, W0]] with W0 8x8 orthogonal
+    u = torch.randn(5, 8)
+    x = torch.cat([u.relu(), (-u).relu()], dim=1)
+    with torch.no_grad():
+        z = hidden(x)
+    assert torch.allclose(z[:, :8], -z[:, 8:], atol=1e-6)
+    assert torch.allclose(z[:, :8].norm(dim=1), u.norm(dim=1), atol=1e-5)
+
+
+def test_dependent_biases_cancel_in_layer_pairs_and_paired_do_not():
+    x = torch.randn(4, 1, 2, 3)
+    assert_linear(ll_net(widths=(8, 8, 8), bias_init="ll_dependent"), x)  # 4 layers: 2 cancelling pairs
+    paired = ll_net(widths=(8, 8, 8), bias_init="ll_paired")
+    with torch.no_grad():
+        assert not torch.allclose(paired(x) + paired(-x), torch.zeros(4, 10), atol=1e-4)
+
+
+def test_looks_linear_rejects_odd_widths():
+    with pytest.raises(ConfigError, match=r"init.name=ortho_ll needs an even output width.*'net.1' has 7 outputs"):
+        init_weights(mlp((7, 8)), InitConfig(name="ortho_ll"), seed=0)
+
+
+def test_he_product_bias_std_chain():
+    m = mlp((400, 400, 400), bias=True, in_shape=(1, 20, 20))
+    cfg = InitConfig(name="kaiming_normal", bias_init="he_product", bias_factor=1.0)
+    init_weights(m, cfg, seed=0)
+    stds = he_product_stds(prunable_layers(m), cfg, {})
+    assert stds[0] == pytest.approx(math.sqrt(2 / 400))
+    assert stds[1] == pytest.approx(stds[0] * math.sqrt(2 / 400))
+    layer = prunable_layers(m)[2][1]
+    assert float(layer.bias.detach().std()) == pytest.approx(stds[2], rel=0.2)
+
+
+@pytest.mark.parametrize("name,expected", [("unsigned_constant", None), ("xavier_normal", math.sqrt(2 / (64 + 32)))])
+def test_unsigned_constant_and_xavier(name, expected):
+    m = mlp((64, 32), in_shape=(1, 8, 8))
+    init_weights(m, InitConfig(name=name), seed=0)
+    w = prunable_layers(m)[1][1].weight
+    if expected is None:
+        assert torch.all(w == math.sqrt(2 / 64))
+    else:
+        assert float(w.detach().std()) == pytest.approx(expected, rel=0.1)
+
+
+def test_weight_and_score_seeds_are_independent():
+    a, _ = prepared(EdgePopupConfig(), init="kaiming_normal", seed=0)
+    b, _ = prepared(EdgePopupConfig(), init="kaiming_normal", seed=0, score_seed=5)
+    for ma, mb in zip(masked_tensors(a), masked_tensors(b), strict=True):
+        assert torch.equal(ma.original, mb.original)
+        assert not torch.equal(ma.mask.scores, mb.mask.scores)
+
+
+# --------------------------------------------------------------------------- mask metrics
+def test_random_masks_reproduce_chance_values():
+    g = torch.Generator().manual_seed(0)
+    for k in (0.5, 0.25, 0.1):
+        a = torch.rand(200_000, generator=g) < k
+        b = torch.rand(200_000, generator=g) < k
+        s = similarity(a, b)
+        assert s.percent_same == pytest.approx(k * k + (1 - k) ** 2, abs=0.005)
+        assert s.jaccard == pytest.approx(k / (2 - k), abs=0.005)
+        assert chance(k, k) == pytest.approx((k * k + (1 - k) ** 2, k / (2 - k)))
+
+
+def test_identical_and_complementary_masks():
+    a = torch.tensor([1, 0, 1, 0], dtype=torch.bool)
+    sims = compare_mask_sets({"l": a}, {"l": ~a})
+    assert sims["l"].percent_same == 0.0 and sims["l"].jaccard == 0.0
+    assert similarity(a, a).percent_same == 1.0 and similarity(a, a).jaccard == 1.0
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("make,pattern", [
+    (lambda: IteRandConfig(period=0), r"pruner.period=0 is out of range"),
+    (lambda: IteRandConfig(rate=1.5), r"pruner.rate=1.5 is out of range"),
+    (lambda: WeightRecyclingConfig(rate=-0.1), r"pruner.rate=-0.1 is out of range"),
+    (lambda: EpsPerturbationConfig(eps=-1.0), r"pruner.eps=-1.0 is out of range"),
+    (lambda: EdgePopupConfig(sparsity=0.9, anneal_levels=2, anneal_start_density=0.05),
+     r"pruner.anneal_start_density=0.05 is out of range"),
+    (lambda: InitConfig(name="kaiming_normal", bias_init="ll_paired"), r"needs init.name=ortho_ll"),
+])
+def test_method_options_are_validated(make, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        make()
+
+
+def test_annealing_needs_enough_epochs():
+    with pytest.raises(ConfigError, match="anneal_levels=5 needs at least as many epochs"):
+        prepared(EdgePopupConfig(anneal_levels=5), epochs=3)
