@@ -63,3 +63,19 @@ def test_unknown_pruner_lists_options(tmp_path):
     p = train("pruner=edgepopup", f"hydra.run.dir={tmp_path}")
     assert p.returncode != 0
     assert "Could not find 'pruner/edgepopup'" in p.stderr and "edge_popup" in p.stderr and "dense" in p.stderr
+
+
+def test_every_strong_ticket_method_through_train_py(tmp_path):
+    methods = ["edge_popup", "biprop", "iterand", "weight_recycling", "eps_perturbation"]
+    sweep = tmp_path / "sweep"
+    p = train("-m", f"pruner={','.join(methods)}", "trainer.epochs=2", "logger=none", "trainer.progress=false",
+              f"hydra.sweep.dir={sweep}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in range(len(methods))]
+    assert sorted(s["pruner"] for s in summaries) == sorted(methods)
+    assert all(s["status"] == "completed" and s["sparsity"] == pytest.approx(0.5) for s in summaries)
+
+
+def test_option_of_another_method_is_rejected_by_train_py(tmp_path):
+    p = train("pruner=edge_popup", "pruner.period=3", f"hydra.run.dir={tmp_path}")
+    assert p.returncode != 0 and "period" in p.stderr and "EdgePopupConfig" in p.stderr

@@ -133,6 +133,12 @@ def topk_mask(key: Tensor, k: int, nonnegative: bool = False) -> Tensor:
     return keep.view_as(key)
 
 
+def _score_grad(grad: Tensor, weight: Tensor, scores: Tensor, signed: bool) -> Tensor:
+    """Straight-through score gradient ``grad * W`` (times ``sign(S)`` for the ``|S|`` key)."""
+    out = grad * weight
+    return out * torch.sign(scores) if signed else out
+
+
 class _ScoreSTE(torch.autograd.Function):
     """``W * m`` with a straight-through gradient to the scores.
 
@@ -152,11 +158,7 @@ class _ScoreSTE(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # noqa: D102
         weight, scores, mask = ctx.saved_tensors
         grad_w = grad * mask if ctx.needs_input_grad[0] else None
-        grad_s = None
-        if ctx.needs_input_grad[1]:
-            grad_s = grad * weight
-            if ctx.signed:
-                grad_s = grad_s * torch.sign(scores)
+        grad_s = _score_grad(grad, weight, scores, ctx.signed) if ctx.needs_input_grad[1] else None
         return grad_w, grad_s, None, None
 
 
@@ -181,11 +183,7 @@ class _BipropSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
         weight, scores = ctx.saved_tensors
-        grad_s = None
-        if ctx.needs_input_grad[1]:
-            grad_s = grad * weight
-            if ctx.signed:
-                grad_s = grad_s * torch.sign(scores)
+        grad_s = _score_grad(grad, weight, scores, ctx.signed) if ctx.needs_input_grad[1] else None
         return None, grad_s, None, None
 
 
