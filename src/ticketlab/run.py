@@ -39,6 +39,7 @@ from .data import build_data
 from .errors import ConfigError
 from .init import init_weights
 from .loop import Trainer
+from .mask_structure import mask_structure
 from .masks import mask_dict, masked_tensors, sparsity_report
 from .models import build_model
 from .optim import build_optimizer, build_scheduler
@@ -156,7 +157,9 @@ def summarize(rc: RunConfig, model: torch.nn.Module, history: list[dict[str, Any
     ``target_sparsity``, ``params_total``/``params_remaining`` (prunable weights: Conv/Linear
     weights), ``params_all`` (every parameter and buffer-free tensor of the model, unmasked),
     ``compression_ratio`` (total / remaining), ``epochs`` (completed), ``wall_s``, ``model``,
-    ``dataset``, ``pruner``, ``init``, ``seed``, ``layer_densities``, ``run_dir``.
+    ``dataset``, ``pruner``, ``init``, ``seed``, ``layer_densities``, ``run_dir``; :func:`run` adds
+    the method's facts and the mask-structure metrics (``effective_sparsity``, ``log_paths``,
+    per-layer ``structure``).
     """
     rep = sparsity_report(model)
     accs = [r["test_acc"] for r in history if not math.isnan(r["test_acc"])]
@@ -248,6 +251,17 @@ def setup(cfg: DictConfig, run_dir: str | Path | None = None) -> Job:
     return Job(rc, run_dir, resolved, ctx, trainer, tracker)
 
 
+def structure_summary(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Mask-structure metrics (:mod:`ticketlab.mask_structure`) for the summary; never raises."""
+    try:
+        st = mask_structure(model, input_shape)
+    except Exception as e:  # a metric must never cost the run its results
+        log.warning("mask-structure metrics failed (%s: %s)", type(e).__name__, e)
+        return {}
+    return {"effective_sparsity": st.effective_sparsity, "effective_density": st.effective_density,
+            "disconnected_fraction": st.disconnected_fraction, "log_paths": st.log_paths, "structure": st.layers}
+
+
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one job end to end and return its summary.
 
@@ -280,7 +294,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         raise
     finally:
         summary = summarize(rc, model, trainer.history, status, time.perf_counter() - t0, run_dir,
-                            {**extra, **trainer.pruner.summary()})
+                            {**extra, **trainer.pruner.summary(), **structure_summary(model, data.input_shape)})
         atomic_write_json(run_dir / "summary.json", summary)
         atomic_torch_save(run_dir / "masks.pt", {
             "masks": mask_dict(model),
@@ -288,8 +302,10 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             "score_seed": job.ctx.score_seed,
             "config": job.resolved,
         })
-        tracker.summary({k: v for k, v in summary.items() if k != "layer_densities"}
-                        | {f"density/{k}": v for k, v in summary["layer_densities"].items()})
+        tracker.summary({k: v for k, v in summary.items() if k not in ("layer_densities", "structure")}
+                        | {f"density/{k}": v for k, v in summary["layer_densities"].items()}
+                        | {f"structure/{layer}/{k}": v for layer, vals in summary.get("structure", {}).items()
+                           for k, v in vals.items()})
         tracker.finish(0 if status == "completed" else 1)
     log.info("done: test_acc %.4f | sparsity %.4f (density %.4f, %d of %d prunable weights kept) | %.1f s | "
              "run folder %s", summary["test_acc"], summary["sparsity"], summary["density"],

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import check_choice, check_range
 from ..masks import BipropMask, ScoreMask, masked_tensors
-from .base import register_pruner
+from .base import PruneContext, register_pruner
 from .edge_popup import EdgePopup, EdgePopupConfig
 
 
@@ -70,7 +70,8 @@ class WeightRecycling(EdgePopup):
         self.recycled_at: list[int] = []
         self.total_epochs = 0
 
-    def prepare(self, model: nn.Module, ctx) -> None:  # noqa: D102
+    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Edge-popup (or biprop) set-up; remember the run length for the recycling schedule."""
         super().prepare(model, ctx)
         self.total_epochs = ctx.epochs
 

@@ -1,0 +1,176 @@
+"""Mask-structure metrics: effective sparsity, active width and the number of input-output paths.
+
+All three come from one "path network", built from a copy of the model
+(``shared/docs/pruning-at-init.md`` Sec. 6; the SynFlow trick of Vysogorets & Kempe, "Connectivity
+Matters", JMLR 2023, ``effective_masks_synflow``):
+
+* every prunable weight becomes its binary mask (float64), every bias zero;
+* batch norm becomes the identity, max-pooling becomes sum-pooling over the same window,
+  adaptive average pooling becomes a spatial sum;
+* ReLUs stay (they are the identity on the non-negative signals of this network).
+
+Fed an all-ones input, the summed output ``R`` is the number of input-output paths (counting each
+input pixel and each output unit), and ``dR/dw_e`` is the number of paths through edge ``e``.
+Hence:
+
+* **effective mask**: kept weights with ``dR/dw > 0`` (on some input-output path);
+  effective sparsity counts the others as removed;
+* **log_paths**: ``ln R`` (``inf`` on float64 overflow, ``-inf`` when no path is left);
+* **active width** of a layer: output units (channels) that lie on some input-output path, i.e.
+  reachable from the input (positive activation) and reaching the output (positive gradient) --
+  the path-based reading of "a kept incoming and a kept outgoing weight".
+
+Residual networks are handled as they are (skip connections add paths). Padding at image borders is
+respected, since the real layers run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .masks import prunable_layers
+
+
+@dataclass
+class MaskStructure:
+    """Structure of a model's masks.
+
+    Attributes:
+        effective_density: fraction of prunable weights on some input-output path.
+        effective_sparsity: ``1 - effective_density``.
+        disconnected_fraction: kept weights on no path, as a fraction of kept weights.
+        log_paths: natural log of the number of input-output paths.
+        layers: per prunable layer: ``density``, ``effective_density``, ``width`` (units), and
+            ``active_width`` (units on some path).
+    """
+
+    effective_density: float
+    effective_sparsity: float
+    disconnected_fraction: float
+    log_paths: float
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def flat(self) -> dict[str, float]:
+        """Scalars for ``summary.json``/W&B (per-layer values as ``structure/<layer>/<key>``)."""
+        out = {"effective_density": self.effective_density, "effective_sparsity": self.effective_sparsity,
+               "disconnected_fraction": self.disconnected_fraction, "log_paths": self.log_paths}
+        for name, vals in self.layers.items():
+            for k, v in vals.items():
+                out[f"structure/{name}/{k}"] = v
+        return out
+
+
+class _SumPool(nn.Module):
+    def __init__(self, pool: nn.MaxPool2d | nn.AvgPool2d) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding, divisor_override=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(x)
+
+
+class _SpatialSum(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.sum(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+def _underlying(layer: nn.Module, name: str) -> Tensor | None:
+    if parametrize.is_parametrized(layer, name):
+        return layer.parametrizations[name].original
+    return getattr(layer, name, None)
+
+
+def _path_network(model: nn.Module) -> nn.Module:
+    """A float64 copy whose effective prunable weights equal their masks (see the module docstring).
+
+    The copy keeps its mask parametrizations (removing them would edit the parametrized class that
+    the original model shares); the unmasked tensors behind them are set to 1 (weights) and 0
+    (biases), so the effective weight is the mask (for biprop, ``alpha * sign(1) * m = m``).
+    """
+    net = copy.deepcopy(model)
+    for name, module in list(net.named_modules()):
+        replacement = None
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            replacement = nn.Identity()
+        elif isinstance(module, nn.MaxPool2d | nn.AvgPool2d):
+            replacement = _SumPool(module)
+        elif isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
+            replacement = _SpatialSum()
+        if replacement is not None and name:
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, child, replacement)
+    net = net.double().eval()
+    with torch.no_grad():
+        for _, layer in prunable_layers(net):
+            _underlying(layer, "weight").fill_(1.0)
+            bias = _underlying(layer, "bias")
+            if bias is not None:
+                bias.zero_()
+    return net
+
+
+def mask_structure(model: nn.Module, input_shape: tuple[int, ...]) -> MaskStructure:
+    """Compute :class:`MaskStructure` for ``model``'s current masks (layers without a mask count as dense).
+
+    Args:
+        model: a (masked) model; it is not modified.
+        input_shape: ``(C, H, W)`` of one input.
+
+    Returns:
+        The metrics; a layer with no kept weight gives ``log_paths = -inf`` and zero effective density.
+    """
+    net = _path_network(model)
+    device = next(net.parameters()).device
+    layers = prunable_layers(net)
+    outputs: dict[str, Tensor] = {}
+
+    def keep(name):
+        def hook(_module, _inp, out):
+            out.retain_grad()
+            outputs[name] = out
+        return hook
+
+    handles = [layer.register_forward_hook(keep(name)) for name, layer in layers]
+    for p in net.parameters():
+        p.requires_grad_(True)
+    try:
+        with parametrize.cached():  # one effective-weight tensor per layer, shared by forward and grad
+            weights = [layer.weight for _, layer in layers]
+            r = net(torch.ones((1, *input_shape), dtype=torch.float64, device=device)).sum()
+            grads = torch.autograd.grad(r, weights, retain_graph=True, allow_unused=True) if r.item() > 0 \
+                else [None] * len(weights)
+            for out in outputs.values():
+                out.grad = None
+            if r.item() > 0:
+                r.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    total = kept = effective = 0
+    per_layer: dict[str, dict[str, float]] = {}
+    for (name, _), w, grad in zip(layers, weights, grads, strict=True):
+        m = w.detach() > 0
+        eff = m & (grad > 0) if grad is not None else torch.zeros_like(m)
+        out = outputs[name]
+        act = out.detach() > 0
+        g = out.grad > 0 if out.grad is not None else torch.zeros_like(act)
+        on_path = act & g
+        units = on_path.reshape(on_path.shape[0], on_path.shape[1], -1).any(dim=2).any(dim=0) if on_path.dim() > 2 \
+            else on_path.any(dim=0)
+        n = m.numel()
+        per_layer[name] = {"density": int(m.sum()) / n, "effective_density": int(eff.sum()) / n,
+                           "width": int(m.shape[0]), "active_width": int(units.sum())}
+        total += n
+        kept += int(m.sum())
+        effective += int(eff.sum())
+    rv = r.item()
+    log_paths = math.log(rv) if 0 < rv < math.inf else (-math.inf if rv <= 0 else math.inf)
+    return MaskStructure(effective_density=effective / total, effective_sparsity=1 - effective / total,
+                         disconnected_fraction=(kept - effective) / kept if kept else 0.0, log_paths=log_paths,
+                         layers=per_layer)

@@ -1,0 +1,187 @@
+"""Shared core of the pruning-at-initialization methods: scores in, masks out.
+
+A method subclasses :class:`ScorePruner` and implements :meth:`ScorePruner.score`, returning one
+score tensor per prunable weight (same shape; higher = more important). The shared code:
+
+* attaches a :class:`~ticketlab.masks.FixedMask` (all ones) to every selected layer, so scores
+  are computed on the masked network and the kept weights are then trained by the normal loop;
+* runs ``iterations`` rounds of score -> mask, the kept fraction shrinking to the target with the
+  ``exponential`` schedule ``d_k = D^(k/n)`` (SynFlow) or the ``linear`` one ``1 - (1 - D) k / n``
+  (Tanaka et al. 2020, Algorithm 1; ganguli-lab/Synaptic-Flow ``prune.py::prune_loop``);
+* allocates the kept count globally (one exact top-k over all layers) or per layer, with an
+  optional guard ``min_weights_per_layer`` that first reserves each layer's best-scored weights;
+* sets BatchNorm to ``eval`` (Synaptic-Flow's default) or ``train`` mode while scoring;
+* gives data-dependent methods ``data_batches`` training batches, restoring the data generator
+  afterwards so the training order is the same as without pruning.
+
+``pruner.sparsity`` keeps its meaning (fraction removed); ``pruner.compression`` is SynFlow's
+alternative: density ``10^-compression`` (``compression=2`` is 1% density); when set it wins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, check_choice, check_range
+from ..masks import FixedMask, attach, num_kept, select_layers, topk_mask
+from .base import PruneContext, Pruner, PrunerConfig
+
+
+@dataclass
+class ScorePrunerConfig(PrunerConfig):
+    """Options shared by every pruning-at-init method.
+
+    Attributes:
+        sparsity: fraction of prunable weights removed (default 0.9).
+        compression: SynFlow's convention, density = 10^-compression; overrides ``sparsity`` when set.
+        scope: ``global`` (one top-k over all layers) or ``layerwise``.
+        iterations: score -> mask rounds (SynFlow: 100; the others: 1).
+        schedule: ``exponential`` or ``linear`` shrinking of the kept fraction over the rounds.
+        min_weights_per_layer: guard: every masked layer keeps at least this many weights (0 = off).
+        bn_mode: BatchNorm mode while scoring, ``eval`` or ``train``.
+        data_batches: training batches given to data-dependent scores.
+        first_layer_dense, last_layer_dense: leave the input / output layer unpruned.
+    """
+
+    name: str = "random"
+    sparsity: float = 0.9
+    compression: float | None = None
+    scope: str = "global"
+    iterations: int = 1
+    schedule: str = "exponential"
+    min_weights_per_layer: int = 0
+    bn_mode: str = "eval"
+    data_batches: int = 0
+    first_layer_dense: bool = False
+    last_layer_dense: bool = False
+
+    def __post_init__(self) -> None:
+        if self.compression is not None:
+            check_range("pruner.compression", self.compression, 0.0, float("inf"))
+            self.sparsity = 1.0 - 10.0 ** (-self.compression)
+        super().__post_init__()
+        check_choice("pruner.scope", self.scope, ("global", "layerwise"))
+        check_range("pruner.iterations", self.iterations, 1, float("inf"))
+        check_choice("pruner.schedule", self.schedule, ("exponential", "linear"))
+        check_range("pruner.min_weights_per_layer", self.min_weights_per_layer, 0, float("inf"))
+        check_choice("pruner.bn_mode", self.bn_mode, ("eval", "train"))
+        check_range("pruner.data_batches", self.data_batches, 0, float("inf"))
+
+
+def allocate(scores: list[Tensor], density: float, scope: str, min_per_layer: int = 0) -> list[Tensor]:
+    """Masks keeping the best-scored weights: exact counts, ties broken by lowest index.
+
+    Args:
+        scores: one score tensor per layer (any shapes).
+        density: fraction kept overall (global) or in every layer (layerwise), in (0, 1].
+        scope: ``global`` or ``layerwise``.
+        min_per_layer: guard; each layer keeps at least ``min(min_per_layer, numel)`` weights.
+
+    Returns:
+        Bool masks, shapes of ``scores``. Global: ``num_kept(N, 1 - density)`` kept in total.
+
+    Raises:
+        ConfigError: the guard needs more weights than the target keeps.
+    """
+    sparsity = min(max(1.0 - density, 0.0), 1.0 - 1e-12)
+    if scope == "layerwise":
+        return [topk_mask(s, max(num_kept(s.numel(), sparsity), min(min_per_layer, s.numel()))) for s in scores]
+    total = num_kept(sum(s.numel() for s in scores), sparsity)
+    reserved = [topk_mask(s, min(min_per_layer, s.numel())) for s in scores]
+    n_reserved = sum(int(r.sum()) for r in reserved)
+    if n_reserved > total:
+        raise ConfigError(f"the target keeps {total} weights but pruner.min_weights_per_layer={min_per_layer} "
+                          f"reserves {n_reserved} over {len(scores)} layers; lower the guard or the sparsity.")
+    flat = torch.cat([s.detach().reshape(-1).double() for s in scores])
+    flat_reserved = torch.cat([r.reshape(-1) for r in reserved])
+    flat = torch.where(flat_reserved, torch.tensor(math.inf, dtype=flat.dtype, device=flat.device), flat)
+    keep = topk_mask(flat, total)
+    return [part.view_as(s) for part, s in zip(keep.split([s.numel() for s in scores]), scores, strict=True)]
+
+
+class ScorePruner(Pruner):
+    """Base of the pruning-at-init methods; subclasses implement :meth:`score`.
+
+    Class attribute ``needs_data``: the score uses training batches (``data_batches`` must be > 0).
+    """
+
+    cfg: ScorePrunerConfig
+    needs_data = False
+
+    def __init__(self, cfg: ScorePrunerConfig) -> None:
+        super().__init__(cfg)
+        if self.needs_data and cfg.data_batches < 1:
+            raise ConfigError(f"pruner={cfg.name} scores weights with training data but pruner.data_batches="
+                              f"{cfg.data_batches}; set pruner.data_batches to at least 1.")
+        self.masks: list[FixedMask] = []
+        self.layers: list[tuple[str, nn.Module]] = []
+
+    def densities(self, model: nn.Module) -> dict[str, float]:
+        """Layerwise scope: ``1 - sparsity`` per masked layer; global: unknown before scoring (none)."""
+        if self.cfg.scope != "layerwise":
+            return {}
+        return {n: 1.0 - self.cfg.sparsity for n, _ in select_layers(model, self.cfg.first_layer_dense,
+                                                                     self.cfg.last_layer_dense)}
+
+    def score(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext) -> list[Tensor]:
+        """Scores for the masked weights (``weights[i]`` is layer i's unmasked tensor).
+
+        Called with the current masks applied; returns one tensor per weight, same shapes.
+        """
+        raise NotImplementedError
+
+    def batches(self, ctx: PruneContext) -> Iterator[tuple[Tensor, Tensor]]:
+        """The first ``data_batches`` training batches, without disturbing the training order."""
+        gen = ctx.data.generator
+        state = gen.get_state() if gen is not None else None
+        try:
+            for i, (x, y) in enumerate(ctx.data.train):
+                if i >= self.cfg.data_batches:
+                    break
+                yield x.to(ctx.device), y.to(ctx.device)
+        finally:
+            if state is not None:
+                gen.set_state(state)
+
+    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Attach all-ones masks, then run the score -> mask rounds; the weights stay trainable.
+
+        Raises:
+            ConfigError: data-dependent scoring without data, or a guard that cannot be met.
+        """
+        if self.needs_data and ctx.data is None:
+            raise ConfigError(f"pruner={self.cfg.name} needs training data to score weights.")
+        self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
+        self.masks = []
+        for _, layer in self.layers:
+            fm = FixedMask(torch.ones_like(layer.weight, dtype=torch.bool))
+            attach(layer, "weight", fm)
+            self.masks.append(fm)
+        weights = [layer.parametrizations.weight.original for _, layer in self.layers]
+        target = 1.0 - self.cfg.sparsity
+        n = self.cfg.iterations
+        was_training = model.training
+        for k in range(1, n + 1):
+            density = target ** (k / n) if self.cfg.schedule == "exponential" else 1 - (1 - target) * k / n
+            self._set_bn_mode(model)
+            scores = self.score(model, weights, ctx)
+            new = allocate(scores, density, self.cfg.scope, self.cfg.min_weights_per_layer)
+            with torch.no_grad():
+                for fm, m in zip(self.masks, new, strict=True):
+                    fm.mask.copy_(m)
+            for w in weights:
+                w.grad = None
+        model.train(was_training)
+
+    def _set_bn_mode(self, model: nn.Module) -> None:
+        model.train(self.cfg.bn_mode == "train")
+
+    def summary(self) -> dict[str, Any]:
+        """Scoring settings worth keeping next to the result."""
+        return {"prune_iterations": self.cfg.iterations, "prune_scope": self.cfg.scope}

@@ -1,0 +1,243 @@
+"""Pruning at initialization: score formulas by hand, schedules, allocation, structure metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ticketlab.config import InitConfig
+from ticketlab.data.loaders import DataBundle
+from ticketlab.errors import ConfigError
+from ticketlab.mask_structure import mask_structure
+from ticketlab.masks import FixedMask, attach, attach_fixed_masks, mask_dict, masked_tensors, sparsity_report
+from ticketlab.pruners import PruneContext, build_pruner
+from ticketlab.pruners.from_file import FromFileConfig
+from ticketlab.pruners.grasp import GraspConfig
+from ticketlab.pruners.magnitude import MagnitudeConfig
+from ticketlab.pruners.pai import allocate
+from ticketlab.pruners.random import RandomConfig
+from ticketlab.pruners.snip import SnipConfig
+from ticketlab.pruners.synflow import SynflowConfig
+from ticketlab.run import run
+
+CPU = torch.device("cpu")
+W1 = torch.tensor([[0.5, -1.0, 0.2], [-0.3, 0.8, 1.5], [1.2, 0.1, -0.7], [-0.4, -0.9, 0.6]], dtype=torch.float64)
+W2 = torch.tensor([[1.0, -0.5, 0.3, 0.7], [-0.2, 0.9, -1.1, 0.4]], dtype=torch.float64)
+X = torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.5, 2.0], [-1.0, 0.3, 0.8]], dtype=torch.float64)
+Y = torch.tensor([0, 1, 1])
+
+
+def tiny() -> nn.Module:
+    """The 2-layer MLP 3 -> 4 -> 2 with fixed weights (float64)."""
+    net = nn.Sequential(nn.Linear(3, 4, bias=False), nn.ReLU(), nn.Linear(4, 2, bias=False)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(W1)
+        net[2].weight.copy_(W2)
+    return net
+
+
+def ctx_with(batches, input_shape=(3,)) -> PruneContext:
+    bundle = DataBundle("fixed", batches, batches, input_shape, 2, 3, 3)
+    return PruneContext(0, InitConfig(name="kaiming_normal"), CPU, bundle, 1)
+
+
+def scores_of(cfg, net=None, batches=((X, Y),)):
+    net = net if net is not None else tiny()
+    pruner = build_pruner(cfg)
+    for layer in (net[0], net[2]):
+        attach(layer, "weight", FixedMask(torch.ones_like(layer.weight, dtype=torch.bool)))
+    weights = [net[0].parametrizations.weight.original, net[2].parametrizations.weight.original]
+    return pruner.score(net, weights, ctx_with(list(batches))), net
+
+
+def manual_grads(w1, w2, x, y, temperature=1.0):
+    """dL/dW1, dL/dW2 of mean CE(relu(x W1^T) W2^T / T) written out by hand."""
+    z = x @ w1.T
+    h = z.clamp(min=0)
+    logits = h @ w2.T / temperature
+    p = logits.softmax(dim=1)
+    d_logits = (p - nn.functional.one_hot(y, 2).double()) / len(y) / temperature
+    g2 = d_logits.T @ h
+    d_h = d_logits @ w2
+    g1 = (d_h * (z > 0)).T @ x
+    return g1, g2
+
+
+def test_magnitude_scores():
+    (s1, s2), _ = scores_of(MagnitudeConfig())
+    assert torch.equal(s1, W1.abs()) and torch.equal(s2, W2.abs())
+
+
+def test_snip_scores_by_hand():
+    (s1, s2), _ = scores_of(SnipConfig(data_batches=2), batches=[(X, Y), (X[:2], Y[:2])])
+    g1a, g2a = manual_grads(W1, W2, X, Y)
+    g1b, g2b = manual_grads(W1, W2, X[:2], Y[:2])
+    assert torch.allclose(s1, ((g1a + g1b) * W1).abs())  # gradients summed over batches
+    assert torch.allclose(s2, ((g2a + g2b) * W2).abs())
+
+
+def test_grasp_scores_by_finite_differences():
+    t = 200.0
+    (s1, s2), _ = scores_of(GraspConfig(data_batches=1))
+    g1, g2 = manual_grads(W1, W2, X, Y, t)
+    eps = 1e-4  # H g by central differences of the hand-written gradient
+    p1, p2 = manual_grads(W1 + eps * g1, W2 + eps * g2, X, Y, t)
+    m1, m2 = manual_grads(W1 - eps * g1, W2 - eps * g2, X, Y, t)
+    hg1, hg2 = (p1 - m1) / (2 * eps), (p2 - m2) / (2 * eps)
+    assert torch.allclose(s1, W1 * hg1, rtol=1e-4, atol=1e-12)
+    assert torch.allclose(s2, W2 * hg2, rtol=1e-4, atol=1e-12)
+    assert (s1 < 0).any() or (s2 < 0).any()  # signed: the paper's rule, not |W Hg|
+    (a1, _), _ = scores_of(GraspConfig(data_batches=1, sign="abs"))
+    assert torch.allclose(a1, s1.abs())
+
+
+def test_synflow_scores_closed_form_and_conservation():
+    (s1, s2), net = scores_of(SynflowConfig(double=True))
+    # all-ones input, |W|: R = 1^T |W2| |W1| 1; dR/dW1[i,j] = sum_k |W2[k,i]|; dR/dW2[k,i] = sum_j |W1[i,j]|
+    assert torch.allclose(s1.double(), W1.abs() * W2.abs().sum(0)[:, None])
+    assert torch.allclose(s2.double(), W2.abs() * W1.abs().sum(1)[None, :])
+    r = (W2.abs() @ W1.abs()).sum()
+    assert float(s1.sum()) == pytest.approx(float(r)) and float(s2.sum()) == pytest.approx(float(r))
+    assert torch.equal(net[0].parametrizations.weight.original, W1)  # signs restored
+
+
+def test_synflow_ignores_the_data():
+    (a1, a2), _ = scores_of(SynflowConfig(), batches=[(X, Y)])
+    (b1, b2), _ = scores_of(SynflowConfig(), batches=[(torch.randn(3, 3).double(), Y)])
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)
+
+
+def chain(scale_last=1e-3):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 50, bias=False), nn.ReLU(), nn.Linear(50, 50, bias=False), nn.ReLU(),
+                        nn.Linear(50, 10, bias=False))
+    with torch.no_grad():
+        net[4].weight.mul_(scale_last)  # tiny classifier weights: global magnitude removes them all
+    return net
+
+
+def prune(cfg, net):
+    pruner = build_pruner(cfg)
+    bundle = DataBundle("x", [], [], (20,), 10, 1, 1)
+    pruner.prepare(net, PruneContext(0, InitConfig(name="kaiming_normal"), CPU, bundle, 1))
+    return sparsity_report(net)
+
+
+def test_synflow_iterations_avoid_the_layer_collapse_of_magnitude():
+    mag = prune(MagnitudeConfig(sparsity=0.99), chain())
+    assert mag.layers["4.weight"]["kept"] == 0  # one-shot magnitude empties the classifier
+    syn = prune(SynflowConfig(sparsity=0.99, iterations=100), chain())
+    assert all(v["kept"] > 0 for v in syn.layers.values())
+    assert syn.kept == mag.kept  # same exact budget
+
+
+def test_exponential_schedule_reaches_exact_target():
+    rep = prune(SynflowConfig(sparsity=0.95, iterations=7), chain(1.0))
+    assert rep.kept == sum(v["numel"] for v in rep.layers.values()) - math.floor(0.95 * rep.total)
+
+
+def test_allocate_global_layerwise_and_guard():
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.rand(100, generator=g), torch.rand(10, generator=g) * 1e-3]  # second layer always loses
+    glob = allocate(scores, 0.1, "global")
+    assert sum(int(m.sum()) for m in glob) == 11 and int(glob[1].sum()) == 0
+    guarded = allocate(scores, 0.1, "global", min_per_layer=3)
+    assert sum(int(m.sum()) for m in guarded) == 11 and int(guarded[1].sum()) == 3
+    assert torch.equal(guarded[1], scores[1] >= scores[1].topk(3).values[-1])
+    per_layer = allocate(scores, 0.1, "layerwise")
+    assert [int(m.sum()) for m in per_layer] == [10, 1]
+    with pytest.raises(ConfigError, match="min_weights_per_layer=6 reserves 12"):
+        allocate(scores, 0.1, "global", min_per_layer=6)
+
+
+def test_random_layerwise_density_and_seed():
+    a, b = chain(1.0), chain(1.0)
+    rep = prune(RandomConfig(sparsity=0.8, scope="layerwise"), a)
+    assert all(v["density"] == pytest.approx(0.2, abs=0.01) for v in rep.layers.values())
+    prune(RandomConfig(sparsity=0.8, scope="layerwise"), b)
+    assert all(torch.equal(x, y) for x, y in zip(mask_dict(a).values(), mask_dict(b).values(), strict=True))
+
+
+def test_compression_key_is_synflow_convention():
+    assert SynflowConfig(compression=2.0).sparsity == pytest.approx(0.99)
+    assert RandomConfig(compression=0.0).sparsity == 0.0
+
+
+def test_data_dependent_scores_need_batches():
+    with pytest.raises(ConfigError, match=r"pruner=snip scores weights with training data but pruner.data_batches=0"):
+        build_pruner(SnipConfig(data_batches=0))
+
+
+def test_scoring_does_not_change_the_training_order(cfg_factory, tmp_path):
+    from ticketlab.run import setup
+
+    plain = setup(cfg_factory("pruner=magnitude", "init=kaiming_normal"), run_dir=tmp_path / "a")
+    snip = setup(cfg_factory("pruner=snip", "pruner.data_batches=3", "init=kaiming_normal"), run_dir=tmp_path / "b")
+    xa, _ = next(iter(plain.trainer.data.train))
+    xb, _ = next(iter(snip.trainer.data.train))
+    assert torch.equal(xa, xb)
+
+
+def test_pai_trains_kept_weights_only(cfg_factory, tmp_path):
+    s = run(cfg_factory("pruner=snip", "init=kaiming_normal", "pruner.sparsity=0.8", "optimizer.lr=0.05"),
+            run_dir=tmp_path)
+    masks = torch.load(tmp_path / "masks.pt", weights_only=False)["masks"]
+    assert s["sparsity"] == pytest.approx(0.8, abs=1e-4) and s["test_acc"] > 0.5
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)["model"]
+    for name in masks:
+        layer = name.rsplit(".", 1)[0]
+        assert f"{layer}.parametrizations.weight.original" in ckpt  # weights trained under a fixed mask
+    assert "effective_sparsity" in s and s["effective_sparsity"] >= s["sparsity"] - 1e-9
+
+
+# --------------------------------------------------------------------------- structure metrics
+def test_effective_sparsity_and_paths_by_hand():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3, 2, bias=False), nn.ReLU(), nn.Linear(2, 2, bias=False))
+    attach_fixed_masks(net, {"1.weight": torch.tensor([[1, 1, 0], [0, 0, 1]], dtype=torch.bool),
+                             "3.weight": torch.tensor([[1, 0], [0, 0]], dtype=torch.bool)})
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    st = mask_structure(net, (1, 1, 3))
+    # paths x0->u0->o0 and x1->u0->o0; the kept edge x2->u1 leads nowhere
+    assert st.log_paths == pytest.approx(math.log(2))
+    assert st.effective_density == pytest.approx(3 / 10) and st.disconnected_fraction == pytest.approx(1 / 4)
+    assert st.layers["1"]["active_width"] == 1 and st.layers["3"]["active_width"] == 1
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the model is untouched
+    assert sparsity_report(net).kept == 4
+
+
+def test_path_count_of_a_dense_conv_net():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(2 * 2 * 2, 3, bias=False))
+    st = mask_structure(net, (1, 4, 4))
+    # paths: output (3) x flattened unit (8) x pool window (4 pixels) x 3x3 taps inside the 4x4 image
+    taps = torch.nn.functional.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3), padding=1)
+    expected = 3 * 2 * float(taps.sum())  # each of the 2 channels: sum over all pixels of in-image taps
+    assert st.log_paths == pytest.approx(math.log(expected))
+    assert st.effective_density == 1.0
+
+
+def test_structure_of_a_strong_ticket_mask(cfg_factory, tmp_path):
+    s = run(cfg_factory("pruner=biprop", "pruner.sparsity=0.9"), run_dir=tmp_path)
+    assert 0.9 <= s["effective_sparsity"] <= 1.0 and math.isfinite(s["log_paths"])
+    assert set(s["structure"]) == {"net.1", "net.3", "net.5"}
+
+
+# --------------------------------------------------------------------------- from_file
+def test_from_file_applies_a_saved_mask_and_checks_names(cfg_factory, tmp_path):
+    run(cfg_factory("pruner=synflow", "init=kaiming_normal", "pruner.sparsity=0.95", "pruner.iterations=10"),
+        run_dir=tmp_path / "src")
+    saved = torch.load(tmp_path / "src" / "masks.pt", weights_only=False)["masks"]
+    s = run(cfg_factory("pruner=from_file", f"pruner.path={tmp_path / 'src'}", "init=kaiming_normal"),
+            run_dir=tmp_path / "dst")
+    assert s["sparsity"] == pytest.approx(0.95, abs=1e-4)
+    assert all(torch.equal(saved[k], v) for k, v in torch.load(tmp_path / "dst" / "masks.pt",
+                                                                 weights_only=False)["masks"].items())
+    with pytest.raises(ConfigError, match="does not name a Conv/Linear weight|has shape"):
+        run(cfg_factory("pruner=from_file", f"pruner.path={tmp_path / 'src'}", "model.widths=[128,128]"),
+            run_dir=tmp_path / "bad")
+    with pytest.raises(ConfigError, match="no masks.pt"):
+        build_pruner(FromFileConfig(path=str(tmp_path / "nothing"))).load()
+    assert list(masked_tensors(nn.Linear(2, 2))) == []
