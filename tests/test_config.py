@@ -19,9 +19,20 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml")
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_validates(group, option):
-    rc = resolve(compose_cfg(f"{group}={option}"))
-    assert getattr(rc, group) is not None
-    assert rc.pruner.sparsity == pytest.approx(0.0 if option == "dense" else 0.5)
+    extra = ["pruner.path=/nonexistent"] if option == "from_file" else []  # a mandatory key (???)
+    rc = resolve(compose_cfg(f"{group}={option}", *extra))
+    node = getattr(rc, group)
+    assert node is not None
+    if group in ("dataset", "pruner", "optimizer", "scheduler", "logger"):
+        assert node.name == option
+    assert 0.0 <= rc.pruner.sparsity < 1.0
+
+
+def test_mandatory_mask_path_is_reported():
+    from omegaconf.errors import MissingMandatoryValue
+
+    with pytest.raises(MissingMandatoryValue, match="pruner.path"):
+        resolve(compose_cfg("pruner=from_file"))
 
 
 def test_defaults_are_the_documented_default_job():
