@@ -241,3 +241,76 @@ def test_from_file_applies_a_saved_mask_and_checks_names(cfg_factory, tmp_path):
     with pytest.raises(ConfigError, match="no masks.pt"):
         build_pruner(FromFileConfig(path=str(tmp_path / "nothing"))).load()
     assert list(masked_tensors(nn.Linear(2, 2))) == []
+
+
+# --------------------------------------------------------------------------- PHEW
+def phew_model(name="conv4", shape=(3, 32, 32)):
+    from ticketlab.config import ModelConfig
+    from ticketlab.init import init_weights
+    from ticketlab.models import build_model
+
+    m = build_model(ModelConfig(name=name, widths=[300, 100]), shape, 10)
+    init_weights(m, InitConfig(name="kaiming_normal"), 0)
+    return m
+
+
+@pytest.mark.parametrize("name,shape,kernel_conserved", [("lenet300_100", (1, 28, 28), False),
+                                                         ("conv4", (3, 32, 32), False),
+                                                         ("conv4", (3, 32, 32), True)])
+def test_phew_density_paths_and_reproducibility(name, shape, kernel_conserved):
+    from ticketlab.masks import prunable_layers
+    from ticketlab.pruners.phew import phew_masks
+
+    model = phew_model(name, shape)
+    weights = [layer.weight for _, layer in prunable_layers(model)]
+    total = sum(w.numel() for w in weights)
+    masks, walks = phew_masks(weights, 0.05, seed=3, kernel_conserved=kernel_conserved)
+    kept = sum(int(m.sum()) for m in masks)
+    one_walk = len(weights) * (9 if kernel_conserved else 1)  # at most one edge (or kernel) per layer
+    assert int(0.05 * total) <= kept <= int(0.05 * total) + one_walk
+    assert all(int(m.sum()) > 0 for m in masks)  # no layer collapse
+    again, walks2 = phew_masks(weights, 0.05, seed=3, kernel_conserved=kernel_conserved)
+    assert walks == walks2 and all(torch.equal(a, b) for a, b in zip(masks, again, strict=True))
+    attach_fixed_masks(model, {f"{n}.weight": m for (n, _), m in zip(prunable_layers(model), masks, strict=True)})
+    st = mask_structure(model, shape)
+    assert st.disconnected_fraction == 0.0  # every kept weight lies on an input-output path
+    assert st.effective_sparsity == pytest.approx(1 - kept / total)
+
+
+def test_phew_steps_follow_weight_magnitudes():
+    from ticketlab.pruners.phew import _Layer, _transitions, _walks
+
+    w = torch.tensor([[1.0, 0.0], [3.0, 2.0], [6.0, 0.5]])  # 3 outputs x 2 inputs
+    fwd, bwd = _transitions(w, "magnitude")
+    layer = _Layer(w, fwd, bwd, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    n = 40_000
+    (idx,) = _walks([layer], torch.zeros(n, dtype=torch.long), True, gen)  # from input unit 0
+    freq = torch.bincount(idx // 2, minlength=3).double() / n  # chosen output unit
+    assert torch.allclose(freq, torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64), atol=0.01)
+    (idx,) = _walks([layer], torch.full((n,), 2, dtype=torch.long), False, gen)  # back from output unit 2
+    freq = torch.bincount(idx % 2, minlength=2).double() / n
+    assert torch.allclose(freq, torch.tensor([6 / 6.5, 0.5 / 6.5], dtype=torch.float64), atol=0.01)
+
+
+def test_phew_nested_masks_contain_the_sparser_one():
+    from ticketlab.masks import prunable_layers
+    from ticketlab.pruners.phew import phew_masks
+
+    weights = [layer.weight for _, layer in prunable_layers(phew_model("lenet300_100", (1, 28, 28)))]
+    sparse, _ = phew_masks(weights, 0.02, seed=0)
+    dense, _ = phew_masks(weights, 0.1, seed=0, start=sparse)
+    assert all(torch.equal(s & d, s) for s, d in zip(sparse, dense, strict=True))
+
+
+def test_phew_rejects_residual_networks(cfg_factory, tmp_path):
+    with pytest.raises(ConfigError, match="feed-forward chains"):
+        run(cfg_factory("pruner=phew", "model=resnet20", "dataset=digits"), run_dir=tmp_path)
+
+
+@pytest.mark.parametrize("reinit", ["none", "kaiming", "liu", "evci"])
+def test_phew_runs_and_trains(cfg_factory, tmp_path, reinit):
+    s = run(cfg_factory("pruner=phew", "init=kaiming_normal", f"pruner.reinit={reinit}", "optimizer.lr=0.05"),
+            run_dir=tmp_path)
+    assert s["status"] == "completed" and s["disconnected_fraction"] == 0.0
+    assert abs(s["sparsity"] - 0.9) < 1e-3 and s["phew_walks"] > 0
