@@ -18,8 +18,8 @@ edges they traverse to the mask until ``int(density * N)`` weights are kept:
 Speed: walks run in batches of ``walkers`` on the model's device; each layer step draws every
 walker's next edge at once by inverse-CDF sampling (one ``searchsorted`` into the layer's
 precomputed float64 cumulative transition weights, O(B log N), no per-row gathers); only the final
-batch is replayed walk by walk to find the exact stopping point (the reference's order). ``kernel_conserved`` keeps every visited
-channel pair's whole kernel. ``walk_bias`` gives the paper's ablations (``uniform``: unbiased walks,
+batch is replayed walk by walk to find the exact stopping point (the reference's order).
+``kernel_conserved`` keeps every visited channel pair's whole kernel. ``walk_bias`` gives the paper's ablations (``uniform``: unbiased walks,
 ``inverse``: probability proportional to ``1/|W|``). ``reinit`` re-initializes the kept weights after
 selection (ablations; default ``none``, as the paper): ``kaiming`` (a fresh Kaiming-normal draw),
 ``liu`` (``N(0, 2 / (fan_in * layer density))``), ``evci`` (``N(0, 2 / kept fan-in of the unit)``).
@@ -134,7 +134,8 @@ def _walks(layers: list[_Layer], starts: Tensor, forward: bool, gen: torch.Gener
         if forward and li > 0 and lay.spread > 1:
             u = u * lay.spread + torch.randint(lay.spread, u.shape, generator=gen).to(u.device)
         if forward:
-            pick = _sample(lay.fwd, o_units * lay.kernel, u, gen)  # column = o * K + k ; mask index = (o * I + u) * K + k
+            # column = o * K + k ; mask index = (o * I + u) * K + k
+            pick = _sample(lay.fwd, o_units * lay.kernel, u, gen)
             o, k = pick // lay.kernel, pick % lay.kernel
             out[li] = (o * i_units + u) * lay.kernel + k
             u = o
