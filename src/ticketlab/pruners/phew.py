@@ -19,10 +19,12 @@ Speed: walks run in batches of ``walkers`` on the model's device; each layer ste
 walker's next edge at once by inverse-CDF sampling (one ``searchsorted`` into the layer's
 precomputed float64 cumulative transition weights, O(B log N), no per-row gathers); only the final
 batch is replayed walk by walk to find the exact stopping point (the reference's order).
-``kernel_conserved`` keeps every visited channel pair's whole kernel. ``walk_bias`` gives the paper's ablations (``uniform``: unbiased walks,
-``inverse``: probability proportional to ``1/|W|``). ``reinit`` re-initializes the kept weights after
-selection (ablations; default ``none``, as the paper): ``kaiming`` (a fresh Kaiming-normal draw),
-``liu`` (``N(0, 2 / (fan_in * layer density))``), ``evci`` (``N(0, 2 / kept fan-in of the unit)``).
+
+Options: ``kernel_conserved`` keeps every visited channel pair's whole kernel; ``walk_bias`` gives
+the paper's ablations (``uniform``: unbiased walks, ``inverse``: probability proportional to
+``1/|W|``); ``reinit`` re-initializes the kept weights after selection (ablations; default
+``none``, as the paper): ``kaiming`` (a fresh Kaiming-normal draw), ``liu``
+(``N(0, 2 / (fan_in * layer density))``), ``evci`` (``N(0, 2 / kept fan-in of the unit)``).
 
 Feed-forward chains (MLP, Conv-n, VGG) only: the ResNet shortcut handling of the reference is not
 implemented yet, and a non-chain model is rejected before training.
