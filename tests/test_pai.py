@@ -314,3 +314,57 @@ def test_phew_runs_and_trains(cfg_factory, tmp_path, reinit):
             run_dir=tmp_path)
     assert s["status"] == "completed" and s["disconnected_fraction"] == 0.0
     assert abs(s["sparsity"] - 0.9) < 1e-3 and s["phew_walks"] > 0
+
+
+# --------------------------------------------------------------------------- IMP
+def imp_run(cfg_factory, run_dir, *extra):
+    return run(cfg_factory("pruner=imp", "pruner.levels=3", "init=kaiming_normal", "optimizer.lr=0.05", *extra),
+               run_dir=run_dir)
+
+
+def test_imp_levels_density_and_exact_rewind(cfg_factory, tmp_path):
+    from ticketlab.masks import num_kept as nk
+
+    s = imp_run(cfg_factory, tmp_path)
+    total = s["params_total"]
+    expected, kept = [], total
+    for _ in range(4):
+        expected.append(kept)
+        kept = nk(kept, 0.2)
+    assert [lv["params_remaining"] for lv in s["levels"]] == expected  # 0.8^L with the kept-count convention
+    assert s["density"] == pytest.approx(0.8 ** 3, abs=1e-4) and s["imp_levels"] == 3
+    rewind = torch.load(tmp_path / "rewind.pt", weights_only=False)
+    from ticketlab.run import setup
+
+    stage = setup(cfg_factory("pruner=imp", "pruner.levels=3", "init=kaiming_normal", "pruner.level=2",
+                              f"pruner.root={tmp_path}"), run_dir=tmp_path / "probe")
+    for mt in masked_tensors(stage.trainer.model):  # rewound weights are the saved ones, bit for bit
+        assert torch.equal(mt.original, rewind[mt.name])
+    prev_mask = torch.load(tmp_path / "level_01" / "next_mask.pt", weights_only=False)
+    assert all(torch.equal(v, mask_dict(stage.trainer.model)[k]) for k, v in prev_mask.items())
+
+
+def test_imp_skips_completed_levels(cfg_factory, tmp_path):
+    imp_run(cfg_factory, tmp_path)
+    stamps = {p.name: (p / "summary.json").stat().st_mtime_ns for p in tmp_path.glob("level_*")}
+    (tmp_path / "level_03" / "summary.json").unlink()  # as if interrupted during the last level
+    s = imp_run(cfg_factory, tmp_path)
+    after = {p.name: (p / "summary.json").stat().st_mtime_ns for p in tmp_path.glob("level_*")}
+    assert all(after[k] == stamps[k] for k in ("level_00", "level_01", "level_02"))
+    assert s["levels"][-1]["status"] == "completed"
+
+
+def test_imp_late_rewinding_saves_step_k(cfg_factory, tmp_path):
+    imp_run(cfg_factory, tmp_path, "pruner.rewind_step=5", "pruner.levels=1")
+    rewind = torch.load(tmp_path / "rewind.pt", weights_only=False)
+    init = torch.load(tmp_path / "level_00" / "last.ckpt", weights_only=False)["model"]
+    name = next(k for k in rewind if k.endswith(".weight"))
+    assert not torch.equal(rewind[name], init[name.replace(".weight", ".parametrizations.weight.original")])
+
+
+def test_imp_target_sparsity_sets_levels():
+    from ticketlab.pruners.imp import ImpConfig
+
+    assert ImpConfig(sparsity=0.9).n_levels == 11  # 0.8^10 = 0.107 > 0.1 >= 0.8^11
+    assert ImpConfig(sparsity=0.98).n_levels == 18
+    assert ImpConfig(sparsity=0.2).n_levels == 1

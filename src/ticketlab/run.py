@@ -43,7 +43,7 @@ from .mask_structure import mask_structure
 from .masks import mask_dict, masked_tensors, sparsity_report
 from .models import build_model
 from .optim import build_optimizer, build_scheduler
-from .pruners import PruneContext, PrunerConfig, build_pruner
+from .pruners import PRUNERS, PruneContext, PrunerConfig, build_pruner
 from .results import atomic_torch_save, atomic_write_json
 from .tracking import Tracker
 
@@ -263,6 +263,23 @@ def structure_summary(model: torch.nn.Module, input_shape: tuple[int, ...]) -> d
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one job and return its summary; multi-stage methods (IMP) run their stages.
+
+    A pruner class with a ``run_stages(cfg, run_dir, run_single)`` class method (e.g.
+    :class:`ticketlab.pruners.imp.Imp`) orchestrates several single runs; every other method is one
+    :func:`run_single`. The whole config is validated first in both cases.
+
+    Raises:
+        ConfigError: any bad input, before training starts.
+    """
+    rc = resolve(cfg)
+    _, pruner_cls = PRUNERS.get(rc.pruner.name)
+    if hasattr(pruner_cls, "run_stages"):
+        return pruner_cls.run_stages(cfg, Path(run_dir) if run_dir is not None else hydra_run_dir(), run_single)
+    return run_single(cfg, run_dir)
+
+
+def run_single(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one job end to end and return its summary.
 
     Args:
@@ -313,4 +330,4 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["Job", "RunConfig", "resolve", "run", "setup"]
+__all__ = ["Job", "RunConfig", "resolve", "run", "run_single", "setup"]
