@@ -368,3 +368,65 @@ def test_imp_target_sparsity_sets_levels():
     assert ImpConfig(sparsity=0.9).n_levels == 11  # 0.8^10 = 0.107 > 0.1 >= 0.8^11
     assert ImpConfig(sparsity=0.98).n_levels == 18
     assert ImpConfig(sparsity=0.2).n_levels == 1
+
+
+# --------------------------------------------------------------------------- K-starts / dissipating gradients
+def test_dissipating_removes_the_least_moved_weights(cfg_factory, tmp_path):
+    from ticketlab.run import setup
+
+    job = setup(cfg_factory("pruner=dissipating_gradients", "pruner.epochs_to_prune=2", "pruner.sparsity=0.8",
+                            "init=kaiming_normal", "optimizer.lr=0.05", "trainer.epochs=3"), run_dir=tmp_path)
+    pruner, trainer = job.trainer.pruner, job.trainer
+    theta0 = [t.clone() for t in pruner.theta0]
+    trainer.fit(until=1)
+    rep = sparsity_report(trainer.model)
+    assert rep.density == pytest.approx(0.6, abs=1e-3)  # halfway from 1.0 to 0.2
+    masks1 = [fm.mask.bool().clone() for fm in pruner.masks]
+    # right after epoch 1 the weights are those the pruning step saw: every removed weight moved
+    # (relative to its init) no more than any kept one, globally
+    moved = torch.cat([((w - w0).abs() / (w0.abs() + 1e-12)).reshape(-1)
+                       for w, w0 in zip(pruner.weights, theta0, strict=True)])
+    kept = torch.cat([m.reshape(-1) for m in masks1])
+    assert int(kept.sum()) == rep.kept
+    assert float(moved[~kept].max()) <= float(moved[kept].min())
+    trainer.fit()
+    masks3 = [fm.mask.bool() for fm in pruner.masks]
+    assert all(torch.equal(m3 & m1, m3) for m1, m3 in zip(masks1, masks3, strict=True))  # removed stay removed
+    assert sparsity_report(trainer.model).density == pytest.approx(0.2, abs=1e-3)
+    assert pruner.history == pytest.approx([0.6, 0.2], abs=1e-3)
+
+
+def test_kstarts_selects_by_fitness_rank_sum():
+    from ticketlab.pruners.kstarts import KStarts, KStartsConfig
+
+    results = [{"magnitude": 3.0, "grad_accum": 1.0}, {"magnitude": 2.0, "grad_accum": 5.0},
+               {"magnitude": 1.0, "grad_accum": 2.0}]
+    pick = lambda fitness: KStarts(KStartsConfig(fitness=fitness))._select(results)  # noqa: E731
+    assert pick("magnitude") == 0 and pick("grad_accum") == 1
+    assert pick("both") == 1  # rank sums: magnitude (0, 1, 2) + grad_accum (2, 0, 1) = (2, 1, 3)
+    tie = [{"magnitude": 2.0, "grad_accum": 1.0}, {"magnitude": 1.0, "grad_accum": 2.0}]
+    assert KStarts(KStartsConfig(fitness="both"))._select(tie) == 0  # equal rank sums: lower index
+
+
+def test_kstarts_candidates_share_the_init_and_winner_continues(cfg_factory, tmp_path):
+    from ticketlab.run import setup
+
+    job = setup(cfg_factory("pruner=kstarts", "pruner.k=3", "pruner.sparsity=0.8", "init=kaiming_normal"),
+                run_dir=tmp_path)
+    pruner = job.trainer.pruner
+    assert len(pruner.fitness) == 3 and 0 <= pruner.winner < 3
+    assert all(f["grad_accum"] > 0 and f["magnitude"] > 0 for f in pruner.fitness)
+    assert sparsity_report(job.trainer.model).density == pytest.approx(0.2, abs=1e-3)
+    rewound = setup(cfg_factory("pruner=kstarts", "pruner.k=3", "pruner.sparsity=0.8", "init=kaiming_normal",
+                                "pruner.rewind=true"), run_dir=tmp_path / "r")
+    fresh = setup(cfg_factory("pruner=magnitude", "pruner.sparsity=0.8", "init=kaiming_normal"),
+                  run_dir=tmp_path / "m")
+    for a, b in zip(masked_tensors(rewound.trainer.model), masked_tensors(fresh.trainer.model), strict=True):
+        assert torch.equal(a.original, b.original)  # rewind: the shared initialization
+
+
+def test_kstarts_with_dissipating_reaches_the_target(cfg_factory, tmp_path):
+    s = run(cfg_factory("pruner=kstarts", "pruner.dissipating=true", "pruner.k=2", "pruner.sparsity=0.9",
+                        "init=kaiming_normal", "trainer.epochs=3", "optimizer.lr=0.05"), run_dir=tmp_path)
+    assert s["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert s["density_history"][0] == pytest.approx(0.15, abs=1e-3)  # from 0.2 halfway to 0.1

@@ -1,0 +1,137 @@
+"""``pruner=dissipating_gradients``: remove the weights that stay near their initial value early in
+training (Haroon 2022, "What to Prune and What Not to Prune at Initialization", arXiv 2209.02201).
+
+**No public code exists and only the abstract is known**; this implements the proposed spec of
+``shared/docs/pruning-at-init.md`` Sec. 4 with every open question a named option:
+
+* training starts dense (or from the mask another method set up, see ``pruner=kstarts``);
+* after each of the first ``epochs_to_prune`` epochs the kept fraction steps down linearly towards
+  the target (``density_e = d0 - (d0 - D) * e / epochs_to_prune``, ``d0`` the starting density),
+  removing the kept weights that moved least relative to their initial value,
+  ``|theta_e - theta_0| / (|theta_0| + 1e-12)`` (``movement=relative``) or in absolute terms
+  (``movement=absolute``);
+* ``rule=threshold`` only removes weights with relative movement ``<= alpha`` (the abstract's
+  "within a fraction of their initial value"), so the density may stay above the schedule;
+  ``rule=rank`` (default) removes the least-moved weights up to the schedule's count;
+* ``scope``: the ranking is ``global`` (default) or per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import check_choice, check_range
+from ..masks import FixedMask, attach, select_layers
+from .base import PruneContext, Pruner, PrunerConfig, register_pruner
+from .pai import allocate
+
+
+@dataclass
+class DissipatingConfig(PrunerConfig):
+    """``pruner=dissipating_gradients`` (open questions of the paper are options; see the module docstring).
+
+    Attributes:
+        sparsity: target fraction removed (default 0.9).
+        epochs_to_prune: epochs over which the density steps down to the target (default 2).
+        alpha: relative-movement threshold of ``rule=threshold`` (default 0.1).
+        rule: ``rank`` or ``threshold``.
+        movement: ``relative`` or ``absolute``.
+        scope: ``global`` or ``layerwise``.
+        first_layer_dense, last_layer_dense: leave the input / output layer unpruned.
+    """
+
+    name: str = "dissipating_gradients"
+    sparsity: float = 0.9
+    epochs_to_prune: int = 2
+    alpha: float = 0.1
+    rule: str = "rank"
+    movement: str = "relative"
+    scope: str = "global"
+    first_layer_dense: bool = False
+    last_layer_dense: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("pruner.epochs_to_prune", self.epochs_to_prune, 1, float("inf"))
+        check_range("pruner.alpha", self.alpha, 0.0, float("inf"))
+        check_choice("pruner.rule", self.rule, ("rank", "threshold"))
+        check_choice("pruner.movement", self.movement, ("relative", "absolute"))
+        check_choice("pruner.scope", self.scope, ("global", "layerwise"))
+
+
+@register_pruner("dissipating_gradients", DissipatingConfig)
+class Dissipating(Pruner):
+    """Dissipating gradients: prune the most static weights during the first epochs."""
+
+    cfg: DissipatingConfig
+
+    def __init__(self, cfg: DissipatingConfig) -> None:
+        super().__init__(cfg)
+        self.masks: list[FixedMask] = []
+        self.theta0: list[torch.Tensor] = []
+        self.start_density = 1.0
+        self.history: list[float] = []
+
+    def start_masks(self, model: nn.Module, layers: list[tuple[str, nn.Module]], ctx: PruneContext
+                    ) -> list[torch.Tensor]:
+        """Masks training starts from (dense here; K-starts overrides)."""
+        return [torch.ones_like(layer.weight, dtype=torch.bool) for _, layer in layers]
+
+    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Attach the starting masks and remember ``theta_0``."""
+        layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
+        start = self.start_masks(model, layers, ctx)
+        self.masks = []
+        for (_, layer), m in zip(layers, start, strict=True):
+            fm = FixedMask(m)
+            attach(layer, "weight", fm)
+            self.masks.append(fm)
+        self.weights = [layer.parametrizations.weight.original for _, layer in layers]
+        self.theta0 = [w.detach().clone() for w in self.weights]
+        total = sum(m.numel() for m in start)
+        self.start_density = sum(int(m.sum()) for m in start) / total
+
+    def density_after(self, epoch: int) -> float:
+        """Scheduled density after ``epoch`` (1-based) completed epochs."""
+        target = 1.0 - self.cfg.sparsity
+        frac = min(epoch, self.cfg.epochs_to_prune) / self.cfg.epochs_to_prune
+        return self.start_density - (self.start_density - target) * frac
+
+    @torch.no_grad()
+    def on_epoch_end(self, trainer: Any) -> None:
+        """During the first ``epochs_to_prune`` epochs: remove the least-moved kept weights."""
+        if trainer.epoch > self.cfg.epochs_to_prune or not self.masks:
+            return
+        density = self.density_after(trainer.epoch)
+        scores = []
+        for w, w0, fm in zip(self.weights, self.theta0, self.masks, strict=True):
+            move = (w - w0).abs()
+            if self.cfg.movement == "relative":
+                move = move / (w0.abs() + 1e-12)
+            kept = fm.mask.bool()
+            scores.append(torch.where(kept, move, torch.full_like(move, -1.0)))  # removed stay removed
+        new = allocate(scores, density, self.cfg.scope)
+        if self.cfg.rule == "threshold":  # only weights within alpha of their init may go
+            rel = [((w - w0).abs() / (w0.abs() + 1e-12)) for w, w0 in zip(self.weights, self.theta0, strict=True)]
+            new = [n | (fm.mask.bool() & (r > self.cfg.alpha)) for n, fm, r in zip(new, self.masks, rel, strict=True)]
+        for fm, m in zip(self.masks, new, strict=True):
+            fm.mask.copy_(fm.mask.bool() & m)
+        self.history.append(sum(int(fm.mask.sum()) for fm in self.masks) / sum(fm.mask.numel() for fm in self.masks))
+
+    def state_dict(self) -> dict[str, Any]:
+        """``theta_0`` and the density history (the masks are in the model state)."""
+        return {"theta0": [t.cpu() for t in self.theta0], "history": list(self.history),
+                "start_density": self.start_density}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.theta0 = [t.to(w.device) for t, w in zip(state["theta0"], self.weights, strict=True)]
+        self.history, self.start_density = list(state["history"]), state["start_density"]
+
+    def summary(self) -> dict[str, Any]:
+        """Density after each pruning epoch."""
+        return {"density_history": self.history}
