@@ -1,8 +1,14 @@
-"""Benchmark (not a test): median training-step time, dense vs edge-popup, on real batches.
+"""Benchmarks (not tests): training-step time, and pruning-at-init mask time.
 
     python scripts/bench.py model=lenet300_100 dataset=mnist dataset.batch_size=128
     python scripts/bench.py model=conv6 dataset=cifar10 dataset.batch_size=128
+    python scripts/bench.py bench.what=pai                # PHEW on vgg19, SynFlow x100 on vgg16 (CIFAR-10 shapes)
 
+``bench.what=pai`` times the computation of a PHEW mask for ``bench.phew_model`` at each density of
+``bench.phew_densities`` and SynFlow's ``bench.synflow_iterations`` rounds on ``bench.synflow_model``
+(Kaiming-normal init, CIFAR-10 input shape, no data needed), in seconds.
+
+``bench.what=step`` (default):
 Prints, for the chosen model and batch size, the median time of one optimizer step (forward,
 backward, SGD update) of dense training, of edge-popup (kthvalue top-k, TicketLab's), and of
 edge-popup with a full sort per step (what allenai/hidden-networks' ``GetSubnet`` does), and the
@@ -70,9 +76,46 @@ def time_steps(pruner_name: str, batch, device, steps: int, warmup: int) -> list
     return times
 
 
+def bench_pai(cfg: DictConfig) -> dict:
+    """Seconds to compute PHEW masks and SynFlow's iterations (see the module docstring)."""
+    from ticketlab.config import InitConfig, ModelConfig
+    from ticketlab.data import DataBundle
+    from ticketlab.masks import prunable_layers
+    from ticketlab.pruners.phew import phew_masks
+    from ticketlab.pruners.synflow import SynflowConfig
+
+    shape, init = (3, 32, 32), InitConfig(name="kaiming_normal")
+    res = {"threads": torch.get_num_threads(), "phew": {}, "synflow": {}}
+    model = build_model(ModelConfig(name=cfg.bench.phew_model, batch_norm=True), shape, 10)
+    init_weights(model, init, 0)
+    weights = [layer.weight.detach() for _, layer in prunable_layers(model)]
+    for d in cfg.bench.phew_densities:
+        t = time.perf_counter()
+        masks, walks = phew_masks(weights, d, seed=0)
+        res["phew"][str(d)] = {"seconds": time.perf_counter() - t, "walks": walks,
+                               "kept": sum(int(m.sum()) for m in masks)}
+        print(f"PHEW {cfg.bench.phew_model} density {d:g}: {res['phew'][str(d)]['seconds']:.2f} s "
+              f"({walks} walks, {res['phew'][str(d)]['kept']} weights kept)", flush=True)
+    model = build_model(ModelConfig(name=cfg.bench.synflow_model, batch_norm=True), shape, 10)
+    init_weights(model, init, 0)
+    pruner = build_pruner(SynflowConfig(sparsity=1 - cfg.bench.synflow_density,
+                                        iterations=cfg.bench.synflow_iterations))
+    bundle = DataBundle("shape-only", [], [], shape, 10, 0, 0)
+    t = time.perf_counter()
+    pruner.prepare(model, PruneContext(0, init, torch.device("cpu"), bundle, 0))
+    res["synflow"] = {"seconds": time.perf_counter() - t, "iterations": cfg.bench.synflow_iterations,
+                      "density": cfg.bench.synflow_density}
+    print(f"SynFlow {cfg.bench.synflow_model}, {cfg.bench.synflow_iterations} iterations to density "
+          f"{cfg.bench.synflow_density:g}: {res['synflow']['seconds']:.1f} s", flush=True)
+    return res
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
     """Run the benchmark described in the module docstring."""
+    if cfg.bench.what == "pai":
+        atomic_write_json(hydra_run_dir() / "bench.json", bench_pai(cfg))
+        return
     rc = resolve(cfg)
     device = select_device(rc.trainer.device)
     torch.manual_seed(rc.seed)

@@ -93,15 +93,15 @@ def allocate(scores: list[Tensor], density: float, scope: str, min_per_layer: in
     if scope == "layerwise":
         return [topk_mask(s, max(num_kept(s.numel(), sparsity), min(min_per_layer, s.numel()))) for s in scores]
     total = num_kept(sum(s.numel() for s in scores), sparsity)
-    reserved = [topk_mask(s, min(min_per_layer, s.numel())) for s in scores]
-    n_reserved = sum(int(r.sum()) for r in reserved)
-    if n_reserved > total:
-        raise ConfigError(f"the target keeps {total} weights but pruner.min_weights_per_layer={min_per_layer} "
-                          f"reserves {n_reserved} over {len(scores)} layers; lower the guard or the sparsity.")
-    flat = torch.cat([s.detach().reshape(-1).double() for s in scores])
-    flat_reserved = torch.cat([r.reshape(-1) for r in reserved])
-    flat = torch.where(flat_reserved, torch.tensor(math.inf, dtype=flat.dtype, device=flat.device), flat)
-    keep = topk_mask(flat, total)
+    flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
+    if min_per_layer > 0:
+        reserved = [topk_mask(s, min(min_per_layer, s.numel())) for s in scores]
+        n_reserved = sum(int(r.sum()) for r in reserved)
+        if n_reserved > total:
+            raise ConfigError(f"the target keeps {total} weights but pruner.min_weights_per_layer={min_per_layer} "
+                              f"reserves {n_reserved} over {len(scores)} layers; lower the guard or the sparsity.")
+        flat[torch.cat([r.reshape(-1) for r in reserved])] = math.inf
+    keep = topk_mask(flat, total, nonnegative=bool(flat.min() >= 0))
     return [part.view_as(s) for part, s in zip(keep.split([s.numel() for s in scores]), scores, strict=True)]
 
 
