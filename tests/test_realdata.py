@@ -70,6 +70,15 @@ VARIANTS = [
      "init=kaiming_normal", "init.bias_init=he_product", "pruner.scaling=true"],
     ["init=kaiming_uniform"], ["init=unsigned_constant"], ["init=xavier_normal"],
     ["init=ortho_ll", "model.bias=true", "init.bias_init=ll_dependent"],
+    # pruning at initialization (weights trained)
+    ["pruner=random", "init=kaiming_normal"], ["pruner=magnitude", "init=kaiming_normal"],
+    ["pruner=snip", "init=kaiming_normal"], ["pruner=grasp", "init=kaiming_normal", "dataset.batch_size=32"],
+    ["pruner=synflow", "init=kaiming_normal", "pruner.iterations=5"], ["pruner=phew", "init=kaiming_normal"],
+    ["pruner=kstarts", "pruner.k=2", "pruner.selection_batches=2", "init=kaiming_normal"],
+    ["pruner=kstarts", "pruner.k=2", "pruner.selection_batches=2", "pruner.dissipating=true",
+     "pruner.epochs_to_prune=1", "init=kaiming_normal"],
+    ["pruner=dissipating_gradients", "pruner.epochs_to_prune=1", "init=kaiming_normal"],
+    ["pruner=imp", "pruner.levels=1", "init=kaiming_normal"], ["pruner=dense", "pruner.sparsity=0"],
 ]
 
 

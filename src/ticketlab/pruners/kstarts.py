@@ -6,8 +6,9 @@ Prune at Initialization", arXiv 2209.02201), optionally combined with dissipatin
 
 * ``k`` candidate random masks (``mask_sampler``: ``layerwise_uniform`` = the same density in every
   layer, or ``global_uniform`` = one random top-k over all weights) share one initialization;
-* each candidate trains ``selection_epochs`` epochs on the same data order (SGD, momentum 0.9,
-  ``selection_lr``), pruned weights held at zero, accumulating ``G = sum_steps |grad * m|``;
+* each candidate trains ``selection_epochs`` epochs (at most ``selection_batches`` batches each, when
+  set) on the same data order (SGD, momentum 0.9, ``selection_lr``), pruned weights held at zero,
+  accumulating ``G = sum_steps |grad * m|``;
 * fitness: ``magnitude`` = ``sum |theta * m|`` after selection, ``grad_accum`` = ``sum G``, or
   ``both`` = the sum of the two ranks among candidates (ties: lower index);
 * the winner continues training (``rewind=false``) or restarts from the shared initialization;
@@ -41,6 +42,7 @@ class KStartsConfig(DissipatingConfig):
     k: int = 4
     selection_epochs: int = 1
     selection_lr: float = 0.05
+    selection_batches: int | None = None
     fitness: str = "both"
     mask_sampler: str = "layerwise_uniform"
     rewind: bool = False
@@ -52,6 +54,8 @@ class KStartsConfig(DissipatingConfig):
         check_range("pruner.k", self.k, 1, float("inf"))
         check_range("pruner.selection_epochs", self.selection_epochs, 1, float("inf"))
         check_range("pruner.selection_lr", self.selection_lr, 0.0, float("inf"), lo_open=True)
+        if self.selection_batches is not None:
+            check_range("pruner.selection_batches", self.selection_batches, 1, float("inf"))
         check_choice("pruner.fitness", self.fitness, ("magnitude", "grad_accum", "both"))
         check_choice("pruner.mask_sampler", self.mask_sampler, ("layerwise_uniform", "global_uniform"))
         if self.start_density is not None:
@@ -127,7 +131,9 @@ class KStarts(Dissipating):
         model.train()
         accum = 0.0
         for _ in range(self.cfg.selection_epochs):
-            for x, y in ctx.data.train:
+            for b, (x, y) in enumerate(ctx.data.train):
+                if self.cfg.selection_batches is not None and b >= self.cfg.selection_batches:
+                    break
                 x, y = x.to(ctx.device), y.to(ctx.device)
                 opt.zero_grad(set_to_none=True)
                 nn.functional.cross_entropy(model(x), y).backward()
