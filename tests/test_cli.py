@@ -79,3 +79,20 @@ def test_every_strong_ticket_method_through_train_py(tmp_path):
 def test_option_of_another_method_is_rejected_by_train_py(tmp_path):
     p = train("pruner=edge_popup", "pruner.period=3", f"hydra.run.dir={tmp_path}")
     assert p.returncode != 0 and "period" in p.stderr and "EdgePopupConfig" in p.stderr
+
+
+def test_every_pruning_at_init_method_through_train_py(tmp_path):
+    methods = ["random", "magnitude", "snip", "grasp", "synflow", "phew", "kstarts", "dissipating_gradients", "imp"]
+    sweep = tmp_path / "sweep"
+    p = train("-m", f"pruner={','.join(methods)}", "pruner.sparsity=0.8", "init=kaiming_normal", "trainer.epochs=2",
+              "logger=none", "trainer.progress=false", f"hydra.sweep.dir={sweep}", timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in range(len(methods))]
+    assert sorted(s["pruner"] for s in summaries) == sorted(methods)
+    for s in summaries:
+        assert s["status"] == "completed"
+        if s["pruner"] == "imp":  # the smallest L with 0.8^L <= 0.2 is 8
+            assert s["imp_levels"] == 8 and s["density"] == pytest.approx(0.8 ** 8, abs=1e-3)
+        else:
+            assert s["density"] == pytest.approx(0.2, abs=2e-3)
+        assert "effective_sparsity" in s

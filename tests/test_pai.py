@@ -430,3 +430,14 @@ def test_kstarts_with_dissipating_reaches_the_target(cfg_factory, tmp_path):
                         "init=kaiming_normal", "trainer.epochs=3", "optimizer.lr=0.05"), run_dir=tmp_path)
     assert s["sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert s["density_history"][0] == pytest.approx(0.15, abs=1e-3)  # from 0.2 halfway to 0.1
+
+
+def test_phew_nested_from_a_sparser_run(cfg_factory, tmp_path):
+    run(cfg_factory("pruner=phew", "pruner.sparsity=0.98", "init=kaiming_normal", "trainer.epochs=0"),
+        run_dir=tmp_path / "sparse")
+    run(cfg_factory("pruner=phew", "pruner.sparsity=0.9", "init=kaiming_normal", "trainer.epochs=0",
+                    f"pruner.nested_from={tmp_path / 'sparse'}"), run_dir=tmp_path / "dense")
+    a = torch.load(tmp_path / "sparse" / "masks.pt", weights_only=False)["masks"]
+    b = torch.load(tmp_path / "dense" / "masks.pt", weights_only=False)["masks"]
+    assert all(torch.equal(a[k] & b[k], a[k]) for k in a)
+    assert sum(int(m.sum()) for m in b.values()) > sum(int(m.sum()) for m in a.values())

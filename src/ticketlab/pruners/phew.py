@@ -55,6 +55,8 @@ class PhewConfig(PrunerConfig):
         kernel_conserved: keep the whole kernel of every visited channel pair.
         walk_bias: ``magnitude`` (the method), ``uniform`` or ``inverse`` (ablations).
         reinit: ``none`` (the method), ``kaiming``, ``liu`` or ``evci`` (ablations).
+        nested_from: a sparser PHEW run (folder or ``masks.pt``) whose mask the walks continue from,
+            so the denser mask contains it (the reference's ``PHEW_Res``); ``null`` starts empty.
     """
 
     name: str = "phew"
@@ -63,6 +65,7 @@ class PhewConfig(PrunerConfig):
     kernel_conserved: bool = False
     walk_bias: str = "magnitude"
     reinit: str = "none"
+    nested_from: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -240,8 +243,24 @@ class Phew(Pruner):
         """
         layers = prunable_layers(model)
         weights = [layer.weight for _, layer in layers]
+        start = None
+        if self.cfg.nested_from:
+            from pathlib import Path
+
+            path = Path(self.cfg.nested_from)
+            path = path / "masks.pt" if path.is_dir() else path
+            if not path.exists():
+                raise ConfigError(f"pruner.nested_from={self.cfg.nested_from!r}: no masks.pt there.")
+            saved = torch.load(path, weights_only=False)["masks"]
+            names = [f"{n}.weight" for n, _ in layers]
+            if sorted(saved) != sorted(names) or any(saved[n].shape != w.shape for n, w in zip(names, weights,
+                                                                                            strict=True)):
+                raise ConfigError(f"pruner.nested_from={self.cfg.nested_from!r}: its masks do not match this model's "
+                                  "prunable layers.")
+            start = [saved[n].to(w.device) for n, w in zip(names, weights, strict=True)]
         masks, self.walks = phew_masks(weights, 1.0 - self.cfg.sparsity, seed=ctx.seed, walkers=self.cfg.walkers,
-                                       kernel_conserved=self.cfg.kernel_conserved, walk_bias=self.cfg.walk_bias)
+                                       kernel_conserved=self.cfg.kernel_conserved, walk_bias=self.cfg.walk_bias,
+                                       start=start)
         for (_, layer), m in zip(layers, masks, strict=True):
             attach(layer, "weight", FixedMask(m))
         if self.cfg.reinit != "none":
