@@ -278,17 +278,18 @@ def test_phew_density_paths_and_reproducibility(name, shape, kernel_conserved):
 
 
 def test_phew_steps_follow_weight_magnitudes():
-    from ticketlab.pruners.phew import _Layer, _transitions, _walks
+    from ticketlab.pruners.phew import _Layer, _transitions, _walks, chain_route
 
     w = torch.tensor([[1.0, 0.0], [3.0, 2.0], [6.0, 0.5]])  # 3 outputs x 2 inputs
     fwd, bwd = _transitions(w, "magnitude")
     layer = _Layer(w, fwd, bwd, 1, 1)
+    route = chain_route([w])
     gen = torch.Generator().manual_seed(0)
     n = 40_000
-    (idx,) = _walks([layer], torch.zeros(n, dtype=torch.long), True, gen)  # from input unit 0
+    (idx,) = _walks([layer], route, torch.zeros(n, dtype=torch.long), True, gen)  # from input unit 0
     freq = torch.bincount(idx // 2, minlength=3).double() / n  # chosen output unit
     assert torch.allclose(freq, torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64), atol=0.01)
-    (idx,) = _walks([layer], torch.full((n,), 2, dtype=torch.long), False, gen)  # back from output unit 2
+    (idx,) = _walks([layer], route, torch.full((n,), 2, dtype=torch.long), False, gen)  # back from output 2
     freq = torch.bincount(idx % 2, minlength=2).double() / n
     assert torch.allclose(freq, torch.tensor([6 / 6.5, 0.5 / 6.5], dtype=torch.float64), atol=0.01)
 
@@ -303,9 +304,38 @@ def test_phew_nested_masks_contain_the_sparser_one():
     assert all(torch.equal(s & d, s) for s, d in zip(sparse, dense, strict=True))
 
 
-def test_phew_rejects_residual_networks(cfg_factory, tmp_path):
-    with pytest.raises(ConfigError, match="feed-forward chains"):
-        run(cfg_factory("pruner=phew", "model=resnet20", "dataset=digits"), run_dir=tmp_path)
+@pytest.mark.parametrize("shortcuts", ["faithful", "clean"])
+def test_phew_on_resnets(shortcuts):
+    from ticketlab.config import ModelConfig
+    from ticketlab.init import init_weights
+    from ticketlab.masks import prunable_layers
+    from ticketlab.models import build_model
+    from ticketlab.pruners.phew import model_route, phew_masks
+
+    model = build_model(ModelConfig(name="resnet20"), (3, 32, 32), 10)
+    init_weights(model, InitConfig(name="kaiming_normal"), 0)
+    layers = prunable_layers(model)
+    weights = [layer.weight for _, layer in layers]
+    route = model_route(model, shortcuts)
+    assert len(route.fwd_jumps) == 2 and len(route.bwd_jumps) == 2  # two 1x1 downsampling shortcuts
+    masks, _ = phew_masks(weights, 0.05, seed=0, route=route)
+    total = sum(w.numel() for w in weights)
+    kept = sum(int(m.sum()) for m in masks)
+    assert int(0.05 * total) <= kept <= int(0.05 * total) + len(weights)
+    assert all(int(m.sum()) > 0 for m in masks)  # shortcuts included: walks take them half the time
+    if shortcuts == "clean":  # topologically exact: every kept weight is on an input-output path
+        attach_fixed_masks(model, {f"{n}.weight": m for (n, _), m in zip(layers, masks, strict=True)})
+        model.eval()
+        assert mask_structure(model, (3, 32, 32)).disconnected_fraction == 0.0
+
+
+def test_phew_rejects_other_residual_networks():
+    from torchvision.models import resnet50
+
+    from ticketlab.pruners.phew import model_route
+
+    with pytest.raises(ConfigError, match="PHEW walks feed-forward chains and residual networks built from"):
+        model_route(resnet50(num_classes=10))
 
 
 @pytest.mark.parametrize("reinit", ["none", "kaiming", "liu", "evci"])

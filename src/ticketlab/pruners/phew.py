@@ -26,14 +26,15 @@ the paper's ablations (``uniform``: unbiased walks, ``inverse``: probability pro
 ``none``, as the paper): ``kaiming`` (a fresh Kaiming-normal draw), ``liu``
 (``N(0, 2 / (fan_in * layer density))``), ``evci`` (``N(0, 2 / kept fan-in of the unit)``).
 
-Feed-forward chains (MLP, Conv-n, VGG) only: the ResNet shortcut handling of the reference is not
-implemented yet, and a non-chain model is rejected before training.
+Models: feed-forward chains (MLP, Conv-n, VGG) and ResNets built from BasicBlocks (resnet18/20/34),
+whose 1x1-conv shortcuts are walked as in the reference (``resnet_shortcuts=faithful``) or at the
+true block input (``clean``); see :func:`model_route`. Other models are rejected before training.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -57,6 +58,8 @@ class PhewConfig(PrunerConfig):
         reinit: ``none`` (the method), ``kaiming``, ``liu`` or ``evci`` (ablations).
         nested_from: a sparser PHEW run (folder or ``masks.pt``) whose mask the walks continue from,
             so the denser mask contains it (the reference's ``PHEW_Res``); ``null`` starts empty.
+        resnet_shortcuts: ``faithful`` (the reference's forward jump, one layer early) or ``clean``
+            (at the block input); see :func:`model_route`.
     """
 
     name: str = "phew"
@@ -66,12 +69,14 @@ class PhewConfig(PrunerConfig):
     walk_bias: str = "magnitude"
     reinit: str = "none"
     nested_from: str | None = None
+    resnet_shortcuts: str = "faithful"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("pruner.walkers", self.walkers, 1, float("inf"))
         check_choice("pruner.walk_bias", self.walk_bias, ("magnitude", "uniform", "inverse"))
         check_choice("pruner.reinit", self.reinit, ("none", "kaiming", "liu", "evci"))
+        check_choice("pruner.resnet_shortcuts", self.resnet_shortcuts, ("faithful", "clean"))
 
 
 @dataclass
@@ -80,23 +85,97 @@ class _Layer:
     fwd: Tensor  # flat float64 cumulative sums of the (I, O * K) forward transition rows
     bwd: Tensor  # flat float64 cumulative sums of the (O, I * K) backward transition rows
     kernel: int  # K = prod(kernel)
-    spread: int  # S: inputs per previous output unit (flatten); 1 otherwise
+    spread: int  # unused (the route holds the spreads); kept for the layer record
 
 
-def chain_layers(weights: list[Tensor]) -> list[int]:
-    """Per layer, how many of its inputs each output unit of the previous layer feeds (1, or S at a flatten).
+@dataclass
+class Route:
+    """Where walks go: a main path of layer indices, and coin-flip jumps through shortcut layers.
 
-    Raises:
-        ConfigError: consecutive layers that do not form a chain (e.g. ResNet shortcuts).
+    Attributes:
+        seq: indices (into the prunable-layer list) of the main path, input to output.
+        spreads: per main-path position, inputs fed by each output unit of the previous main layer
+            (``S`` at a conv -> linear flatten, else 1).
+        fwd_jumps: ``{pos: (shortcut layer, pos to continue at)}``: a forward walk about to step
+            through ``seq[pos]`` takes the shortcut instead with probability 1/2.
+        bwd_jumps: the same for backward walks about to step back through ``seq[pos]``.
     """
+
+    seq: list[int]
+    spreads: list[int]
+    fwd_jumps: dict[int, tuple[int, int]] = field(default_factory=dict)
+    bwd_jumps: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+def _spreads(weights: list[Tensor]) -> list[int]:
     spreads = [1]
     for prev, cur in zip(weights, weights[1:], strict=False):
         out, inp = prev.shape[0], cur.shape[1]
         if inp % out:
-            raise ConfigError(f"pruner=phew walks feed-forward chains; a layer with {inp} inputs follows one with "
-                              f"{out} outputs (residual networks are not supported yet). Use an MLP, Conv-n or VGG.")
+            raise ConfigError(f"pruner=phew: a layer with {inp} inputs follows one with {out} outputs on the walk "
+                              "path; PHEW walks feed-forward chains and residual networks built from BasicBlocks "
+                              "(MLP, Conv-n, VGG, resnet18/20/34).")
         spreads.append(inp // out)
     return spreads
+
+
+def chain_route(weights: list[Tensor]) -> Route:
+    """The route of a feed-forward chain (every layer in order, no jumps).
+
+    Raises:
+        ConfigError: consecutive layers that do not connect.
+    """
+    return Route(list(range(len(weights))), _spreads(weights))
+
+
+def model_route(model: nn.Module, shortcuts: str = "faithful") -> Route:
+    """The route of ``model``: a chain, or a ResNet of blocks with ``conv1``, ``conv2`` and ``shortcut``.
+
+    ResNets (reference ``PHEW/phew.py``; ``shared/docs/pruning-at-init.md`` Sec. 3.2): walks follow
+    the blocks' main convolutions; identity shortcuts are never used. At a downsampling block with a
+    1x1-conv shortcut a forward walk flips a fair coin to take the shortcut instead of the block --
+    ``faithful``: one layer early, before the previous block's conv2, as the reference does;
+    ``clean``: at the block input -- and then continues after the block; a backward walk about to
+    enter the block's conv2 flips a coin to take the shortcut and continue at the previous block's
+    conv2 (both variants; this one is topologically exact).
+
+    Raises:
+        ConfigError: a model that is neither a chain nor such a ResNet (e.g. torchvision bottlenecks).
+    """
+    layers = prunable_layers(model)
+    index = {id(layer): i for i, (_, layer) in enumerate(layers)}
+    blocks = [m for m in model.modules() if hasattr(m, "conv1") and hasattr(m, "conv2") and hasattr(m, "shortcut")]
+    if not blocks:
+        return chain_route([layer.weight for _, layer in layers])
+    in_blocks = {id(c) for b in blocks for c in b.modules() if isinstance(c, nn.Conv2d | nn.Linear)}
+    seq, fwd, bwd = [], {}, {}
+    for _, layer in layers:  # stem and classifier, in order, around the blocks
+        if id(layer) in in_blocks:
+            continue
+        seq.append(index[id(layer)])
+    stem, head = seq[:-1], seq[-1:]
+    seq = list(stem)
+    for b in blocks:
+        p1 = len(seq)
+        seq += [index[id(b.conv1)], index[id(b.conv2)]]
+        convs = [m for m in b.shortcut.modules() if isinstance(m, nn.Conv2d)]
+        if convs:
+            s = index[id(convs[0])]
+            src = p1 - 1 if shortcuts == "faithful" else p1
+            if src < 1 and shortcuts == "faithful":
+                raise ConfigError("pruner.resnet_shortcuts=faithful cannot jump before the first block; use clean.")
+            fwd[src] = (s, p1 + 2)
+            bwd[p1 + 1] = (s, p1 - 1)
+    seq += head
+    weights = [layers[i][1].weight for i in seq]
+    route = Route(seq, _spreads(weights), fwd, bwd)
+    for src, (s, _) in fwd.items():
+        w = layers[s][1].weight
+        need_in = weights[src].shape[1] if shortcuts == "faithful" else weights[src - 1].shape[0]
+        if w.shape[1] != need_in:
+            raise ConfigError(f"pruner=phew: shortcut {layers[s][0]!r} takes {w.shape[1]} channels where the walk has "
+                              f"{need_in}.")
+    return route
 
 
 def _transitions(w: Tensor, bias: str) -> tuple[Tensor, Tensor]:
@@ -128,45 +207,76 @@ def _sample(cum: Tensor, width: int, rows: Tensor, gen: torch.Generator) -> Tens
     return torch.minimum(torch.maximum(j, start), start + width - 1) - start
 
 
-def _walks(layers: list[_Layer], starts: Tensor, forward: bool, gen: torch.Generator) -> list[Tensor]:
-    """Flat mask indices visited by ``len(starts)`` walks: one (B,) tensor per layer, in layer order."""
-    out: list[Tensor | None] = [None] * len(layers)
-    u = starts
-    order = range(len(layers)) if forward else range(len(layers) - 1, -1, -1)
-    for li in order:
-        lay = layers[li]
-        o_units, i_units = lay.weight.shape[0], lay.weight.shape[1]
-        if forward and li > 0 and lay.spread > 1:
-            u = u * lay.spread + torch.randint(lay.spread, u.shape, generator=gen).to(u.device)
-        if forward:
-            # column = o * K + k ; mask index = (o * I + u) * K + k
-            pick = _sample(lay.fwd, o_units * lay.kernel, u, gen)
-            o, k = pick // lay.kernel, pick % lay.kernel
-            out[li] = (o * i_units + u) * lay.kernel + k
-            u = o
-        else:  # column = i * K + k ; mask index = (u * I + i) * K + k
-            pick = _sample(lay.bwd, i_units * lay.kernel, u, gen)
-            i, k = pick // lay.kernel, pick % lay.kernel
-            out[li] = (u * i_units + i) * lay.kernel + k
-            u = i
-            if li > 0 and lay.spread > 1:
-                u = u // lay.spread
-    return out  # type: ignore[return-value]
+def _step(lay: _Layer, u: Tensor, forward: bool, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One step of every walker in ``u``: ``(flat mask indices, next units)``."""
+    o_units, i_units = lay.weight.shape[0], lay.weight.shape[1]
+    if forward:  # column = o * K + k ; mask index = (o * I + u) * K + k
+        pick = _sample(lay.fwd, o_units * lay.kernel, u, gen)
+        o, k = pick // lay.kernel, pick % lay.kernel
+        return (o * i_units + u) * lay.kernel + k, o
+    pick = _sample(lay.bwd, i_units * lay.kernel, u, gen)  # column = i * K + k ; index = (u * I + i) * K + k
+    i, k = pick // lay.kernel, pick % lay.kernel
+    return (u * i_units + i) * lay.kernel + k, i
+
+
+def _walks(layers: list[_Layer], route: Route, starts: Tensor, forward: bool, gen: torch.Generator) -> list[Tensor]:
+    """Flat mask indices visited by ``len(starts)`` walks: one (B,) tensor per layer, -1 where a walk skipped it."""
+    b = len(starts)
+    out = [torch.full((b,), -1, dtype=torch.long, device=starts.device) for _ in layers]
+    n = len(route.seq)
+    pending: dict[int, tuple[Tensor, Tensor]] = {0 if forward else n - 1: (torch.arange(b, device=starts.device),
+                                                                         starts)}
+
+    def push(pos: int, ids: Tensor, units: Tensor) -> None:
+        if pos in pending:
+            pid, pu = pending[pos]
+            ids, units = torch.cat([pid, ids]), torch.cat([pu, units])
+        pending[pos] = (ids, units)
+
+    positions = range(n) if forward else range(n - 1, -1, -1)
+    jumps = route.fwd_jumps if forward else route.bwd_jumps
+    for pos in positions:
+        if pos not in pending:
+            continue
+        ids, u = pending.pop(pos)
+        if pos in jumps:  # fair coin: the shortcut instead of the block
+            s, target = jumps[pos]
+            heads = (torch.rand(len(ids), generator=gen) < 0.5).to(ids.device)
+            if bool(heads.any()):
+                idx, nxt = _step(layers[s], u[heads], forward, gen)
+                out[s][ids[heads]] = idx
+                push(target, ids[heads], nxt)
+            ids, u = ids[~heads], u[~heads]
+            if len(ids) == 0:
+                continue
+        li = route.seq[pos]
+        spread = route.spreads[pos]
+        if forward and spread > 1:
+            u = u * spread + torch.randint(spread, u.shape, generator=gen).to(u.device)
+        idx, nxt = _step(layers[li], u, forward, gen)
+        out[li][ids] = idx
+        if not forward and spread > 1:
+            nxt = nxt // spread
+        nxt_pos = pos + 1 if forward else pos - 1
+        if 0 <= nxt_pos < n:
+            push(nxt_pos, ids, nxt)
+    return out
 
 
 def phew_masks(weights: list[Tensor], density: float, seed: int = 0, walkers: int = 4096,
                kernel_conserved: bool = False, walk_bias: str = "magnitude",
-               start: list[Tensor] | None = None) -> tuple[list[Tensor], int]:
-    """PHEW masks for a chain of weights (see the module docstring).
+               start: list[Tensor] | None = None, route: Route | None = None) -> tuple[list[Tensor], int]:
+    """PHEW masks (see the module docstring).
 
     Args:
-        weights: prunable weights in forward order, shapes ``(O, I, *k)``.
+        weights: prunable weights in forward (module) order, shapes ``(O, I, *k)``.
         density: target fraction kept, in (0, 1].
         seed: walk seed.
         walkers: walks per batch.
         kernel_conserved: keep whole kernels of visited channel pairs.
         walk_bias: ``magnitude``, ``uniform`` or ``inverse``.
         start: masks to continue from (nested masks: a denser mask contains the sparser one).
+        route: the walk route (:func:`model_route`); default: ``weights`` form a chain.
 
     Returns:
         ``(masks, walks)``: bool masks (shapes of ``weights``) and the number of walks taken.
@@ -176,22 +286,23 @@ def phew_masks(weights: list[Tensor], density: float, seed: int = 0, walkers: in
     """
     if not 0 < density <= 1:
         raise ConfigError(f"PHEW density {density} must be in (0, 1].")
-    spreads = chain_layers(weights)
+    route = route if route is not None else chain_route(weights)
     layers = []
-    for w, s in zip(weights, spreads, strict=True):
+    for w in weights:
         fwd, bwd = _transitions(w, walk_bias)
-        layers.append(_Layer(w, fwd, bwd, math.prod(w.shape[2:]) if w.dim() > 2 else 1, s))
+        layers.append(_Layer(w, fwd, bwd, math.prod(w.shape[2:]) if w.dim() > 2 else 1, 1))
     masks = [m.clone().reshape(-1) for m in start] if start is not None else \
         [torch.zeros(w.numel(), dtype=torch.bool, device=w.device) for w in weights]
     total = sum(w.numel() for w in weights)
     target = int(density * total)
     gen = torch.Generator().manual_seed(seed)
-    n_in, n_out = weights[0].shape[1], weights[-1].shape[0]
+    n_in, n_out = weights[route.seq[0]].shape[1], weights[route.seq[-1]].shape[0]
     count = sum(int(m.sum()) for m in masks)
     walks = 0
 
     def mark(into: list[Tensor], li: int, idx: Tensor) -> int:
         """Set ``idx`` (whole kernels when conserved) in layer ``li``; returns how many were new."""
+        idx = idx[idx >= 0]  # walks that skipped the layer
         if kernel_conserved and layers[li].kernel > 1:
             k = layers[li].kernel
             idx = ((idx // k)[:, None] * k + torch.arange(k, device=idx.device)).reshape(-1)
@@ -203,8 +314,8 @@ def phew_masks(weights: list[Tensor], density: float, seed: int = 0, walkers: in
         half = max(1, walkers // 2)
         f_start = (torch.arange(walks // 2, walks // 2 + half) % n_in).to(weights[0].device)
         b_start = (torch.arange(walks // 2, walks // 2 + half) % n_out).to(weights[0].device)
-        f_idx = _walks(layers, f_start, True, gen)
-        b_idx = _walks(layers, b_start, False, gen)
+        f_idx = _walks(layers, route, f_start, True, gen)
+        b_idx = _walks(layers, route, b_start, False, gen)
         trial = [m.clone() for m in masks]
         for li in range(len(layers)):
             mark(trial, li, f_idx[li])
@@ -258,9 +369,10 @@ class Phew(Pruner):
                 raise ConfigError(f"pruner.nested_from={self.cfg.nested_from!r}: its masks do not match this model's "
                                   "prunable layers.")
             start = [saved[n].to(w.device) for n, w in zip(names, weights, strict=True)]
+        route = model_route(model, self.cfg.resnet_shortcuts)
         masks, self.walks = phew_masks(weights, 1.0 - self.cfg.sparsity, seed=ctx.seed, walkers=self.cfg.walkers,
                                        kernel_conserved=self.cfg.kernel_conserved, walk_bias=self.cfg.walk_bias,
-                                       start=start)
+                                       start=start, route=route)
         for (_, layer), m in zip(layers, masks, strict=True):
             attach(layer, "weight", FixedMask(m))
         if self.cfg.reinit != "none":
