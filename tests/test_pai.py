@@ -471,3 +471,4 @@ def test_phew_nested_from_a_sparser_run(cfg_factory, tmp_path):
     b = torch.load(tmp_path / "dense" / "masks.pt", weights_only=False)["masks"]
     assert all(torch.equal(a[k] & b[k], a[k]) for k in a)
     assert sum(int(m.sum()) for m in b.values()) > sum(int(m.sum()) for m in a.values())
+
