@@ -282,7 +282,7 @@ def test_phew_steps_follow_weight_magnitudes():
 
     w = torch.tensor([[1.0, 0.0], [3.0, 2.0], [6.0, 0.5]])  # 3 outputs x 2 inputs
     fwd, bwd = _transitions(w, "magnitude")
-    layer = _Layer(w, fwd, bwd, 1, 1)
+    layer = _Layer(w, fwd, bwd, 1)
     route = chain_route([w])
     gen = torch.Generator().manual_seed(0)
     n = 40_000

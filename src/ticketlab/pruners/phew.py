@@ -85,7 +85,6 @@ class _Layer:
     fwd: Tensor  # flat float64 cumulative sums of the (I, O * K) forward transition rows
     bwd: Tensor  # flat float64 cumulative sums of the (O, I * K) backward transition rows
     kernel: int  # K = prod(kernel)
-    spread: int  # unused (the route holds the spreads); kept for the layer record
 
 
 @dataclass
@@ -290,7 +289,7 @@ def phew_masks(weights: list[Tensor], density: float, seed: int = 0, walkers: in
     layers = []
     for w in weights:
         fwd, bwd = _transitions(w, walk_bias)
-        layers.append(_Layer(w, fwd, bwd, math.prod(w.shape[2:]) if w.dim() > 2 else 1, 1))
+        layers.append(_Layer(w, fwd, bwd, math.prod(w.shape[2:]) if w.dim() > 2 else 1))
     masks = [m.clone().reshape(-1) for m in start] if start is not None else \
         [torch.zeros(w.numel(), dtype=torch.bool, device=w.device) for w in weights]
     total = sum(w.numel() for w in weights)
