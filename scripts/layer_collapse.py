@@ -48,7 +48,7 @@ def collapse_oneshot(method: str, grid: list[float]) -> dict[float, list[str]]:
     with torch.no_grad():
         for fm in pruner.masks:
             fm.mask.fill_(1.0)
-    weights = [layer.parametrizations.weight.original for _, layer in pruner.layers]
+    weights = [layer.parametrizations.weight.original for _, layer in pruner.layers]  # prune_bias is off here
     pruner._set_bn_mode(job.trainer.model)
     scores = pruner.score(job.trainer.model, weights, job.ctx)
     names = [name for name, _ in pruner.layers]

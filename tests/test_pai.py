@@ -472,3 +472,19 @@ def test_phew_nested_from_a_sparser_run(cfg_factory, tmp_path):
     assert all(torch.equal(a[k] & b[k], a[k]) for k in a)
     assert sum(int(m.sum()) for m in b.values()) > sum(int(m.sum()) for m in a.values())
 
+
+
+@pytest.mark.parametrize("method", ["magnitude", "snip", "synflow"])
+def test_pai_bias_pruning_ranks_biases_with_weights(cfg_factory, tmp_path, method):
+    s = run(cfg_factory(f"pruner={method}", "pruner.prune_bias=true", "model.bias=true", "init=kaiming_normal",
+                        "init.bias_init=he_product", "pruner.sparsity=0.9", "trainer.epochs=1"), run_dir=tmp_path)
+    masks = torch.load(tmp_path / "masks.pt", weights_only=False)["masks"]
+    assert any(k.endswith(".bias") for k in masks)
+    n = sum(m.numel() for m in masks.values())
+    assert sum(int(m.sum()) for m in masks.values()) == n - math.floor(0.9 * n)  # one ranking over both
+    assert s["status"] == "completed"
+
+
+def test_pai_bias_pruning_needs_biases(cfg_factory, tmp_path):
+    with pytest.raises(ConfigError, match="prune_bias=true but the model has no layer biases"):
+        run(cfg_factory("pruner=magnitude", "pruner.prune_bias=true"), run_dir=tmp_path)

@@ -47,6 +47,8 @@ class ScorePrunerConfig(PrunerConfig):
         bn_mode: BatchNorm mode while scoring, ``eval`` or ``train``.
         data_batches: training batches given to data-dependent scores.
         first_layer_dense, last_layer_dense: leave the input / output layer unpruned.
+        prune_bias: also score and mask layer biases (ranked with the weights); off by default,
+            as in Synaptic-Flow (``--prune-bias``). Batch norm is never pruned.
     """
 
     name: str = "random"
@@ -60,6 +62,7 @@ class ScorePrunerConfig(PrunerConfig):
     data_batches: int = 0
     first_layer_dense: bool = False
     last_layer_dense: bool = False
+    prune_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.compression is not None:
@@ -130,9 +133,9 @@ class ScorePruner(Pruner):
                                                                      self.cfg.last_layer_dense)}
 
     def score(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext) -> list[Tensor]:
-        """Scores for the masked weights (``weights[i]`` is layer i's unmasked tensor).
+        """Scores for the masked tensors (``weights[i]``: an unmasked weight, or bias with ``prune_bias``).
 
-        Called with the current masks applied; returns one tensor per weight, same shapes.
+        Called with the current masks applied; returns one tensor per input tensor, same shapes.
         """
         raise NotImplementedError
 
@@ -158,12 +161,17 @@ class ScorePruner(Pruner):
         if self.needs_data and ctx.data is None:
             raise ConfigError(f"pruner={self.cfg.name} needs training data to score weights.")
         self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
+        if self.cfg.prune_bias and not any(getattr(layer, "bias", None) is not None for _, layer in self.layers):
+            raise ConfigError("pruner.prune_bias=true but the model has no layer biases; set model.bias=true.")
         self.masks = []
+        weights = []
         for _, layer in self.layers:
-            fm = FixedMask(torch.ones_like(layer.weight, dtype=torch.bool))
-            attach(layer, "weight", fm)
-            self.masks.append(fm)
-        weights = [layer.parametrizations.weight.original for _, layer in self.layers]
+            names = ["weight"] + (["bias"] if self.cfg.prune_bias and layer.bias is not None else [])
+            for tname in names:
+                fm = FixedMask(torch.ones_like(getattr(layer, tname), dtype=torch.bool))
+                attach(layer, tname, fm)
+                self.masks.append(fm)
+                weights.append(layer.parametrizations[tname].original)
         target = 1.0 - self.cfg.sparsity
         n = self.cfg.iterations
         was_training = model.training
