@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .masks import prunable_layers
+from .masks import prunable_layers, underlying
 
 
 @dataclass
@@ -80,12 +80,6 @@ class _SpatialSum(nn.Module):
         return x.sum(dim=tuple(range(2, x.dim())), keepdim=True)
 
 
-def _underlying(layer: nn.Module, name: str) -> Tensor | None:
-    if parametrize.is_parametrized(layer, name):
-        return layer.parametrizations[name].original
-    return getattr(layer, name, None)
-
-
 def _path_network(model: nn.Module) -> nn.Module:
     """A float64 copy whose effective prunable weights equal their masks (see the module docstring).
 
@@ -108,8 +102,8 @@ def _path_network(model: nn.Module) -> nn.Module:
     net = net.double().eval()
     with torch.no_grad():
         for _, layer in prunable_layers(net):
-            _underlying(layer, "weight").fill_(1.0)
-            bias = _underlying(layer, "bias")
+            underlying(layer, "weight").fill_(1.0)
+            bias = underlying(layer, "bias")
             if bias is not None:
                 bias.zero_()
     return net
@@ -142,13 +136,13 @@ def mask_structure(model: nn.Module, input_shape: tuple[int, ...]) -> MaskStruct
     try:
         with parametrize.cached():  # one effective-weight tensor per layer, shared by forward and grad
             weights = [layer.weight for _, layer in layers]
+            for w in weights:
+                if not w.is_leaf:
+                    w.retain_grad()  # effective weights of masked layers
             r = net(torch.ones((1, *input_shape), dtype=torch.float64, device=device)).sum()
-            grads = torch.autograd.grad(r, weights, retain_graph=True, allow_unused=True) if r.item() > 0 \
-                else [None] * len(weights)
-            for out in outputs.values():
-                out.grad = None
             if r.item() > 0:
-                r.backward()
+                r.backward()  # one pass: dR/dW_eff for the effective mask, dR/d(output) for the widths
+            grads = [w.grad for w in weights]
     finally:
         for h in handles:
             h.remove()

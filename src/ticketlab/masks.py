@@ -365,7 +365,22 @@ class MaskedTensor:
     @property
     def original(self) -> Tensor:
         """The unmasked tensor (``module.parametrizations.<tensor_name>.original``)."""
-        return self.module.parametrizations[self.tensor_name].original
+        return underlying(self.module, self.tensor_name)
+
+
+def underlying(layer: nn.Module, name: str) -> Tensor | None:
+    """The stored tensor behind ``layer.<name>``: the parametrization's original when masked.
+
+    Args:
+        layer: any module.
+        name: ``"weight"`` or ``"bias"``.
+
+    Returns:
+        The parameter (same shape as ``layer.<name>``), or ``None`` when the layer has no such tensor.
+    """
+    if parametrize.is_parametrized(layer, name):
+        return layer.parametrizations[name].original
+    return getattr(layer, name, None)
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

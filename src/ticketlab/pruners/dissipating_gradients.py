@@ -107,17 +107,16 @@ class Dissipating(Pruner):
         if trainer.epoch > self.cfg.epochs_to_prune or not self.masks:
             return
         density = self.density_after(trainer.epoch)
-        scores = []
+        scores, relative = [], []
         for w, w0, fm in zip(self.weights, self.theta0, self.masks, strict=True):
-            move = (w - w0).abs()
-            if self.cfg.movement == "relative":
-                move = move / (w0.abs() + 1e-12)
-            kept = fm.mask.bool()
-            scores.append(torch.where(kept, move, torch.full_like(move, -1.0)))  # removed stay removed
+            rel = (w - w0).abs() / (w0.abs() + 1e-12)
+            move = rel if self.cfg.movement == "relative" else (w - w0).abs()
+            scores.append(torch.where(fm.mask.bool(), move, torch.full_like(move, -1.0)))  # removed stay removed
+            relative.append(rel)
         new = allocate(scores, density, self.cfg.scope)
         if self.cfg.rule == "threshold":  # only weights within alpha of their init may go
-            rel = [((w - w0).abs() / (w0.abs() + 1e-12)) for w, w0 in zip(self.weights, self.theta0, strict=True)]
-            new = [n | (fm.mask.bool() & (r > self.cfg.alpha)) for n, fm, r in zip(new, self.masks, rel, strict=True)]
+            new = [n | (fm.mask.bool() & (r > self.cfg.alpha)) for n, fm, r in zip(new, self.masks, relative,
+                                                                                    strict=True)]
         for fm, m in zip(self.masks, new, strict=True):
             fm.mask.copy_(fm.mask.bool() & m)
         self.history.append(sum(int(fm.mask.sum()) for fm in self.masks) / sum(fm.mask.numel() for fm in self.masks))

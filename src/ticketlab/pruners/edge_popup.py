@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import ConfigError, check_choice, check_range
 from ..init import SCORE_INITS, fans, init_scores
-from ..masks import ScoreMask, attach_score_masks, prunable_layers, score_groups, select_layers
+from ..masks import ScoreMask, attach_score_masks, prunable_layers, score_groups, select_layers, underlying
 from .base import PruneContext, Pruner, PrunerConfig, register_pruner
 
 
@@ -181,9 +181,9 @@ class EdgePopup(Pruner):
         n = len(layers)
         with torch.no_grad():
             for i, (_, layer) in enumerate(layers, start=1):
-                _underlying(layer, "weight").mul_(scale ** (1.0 / n))
+                underlying(layer, "weight").mul_(scale ** (1.0 / n))
                 if getattr(layer, "bias", None) is not None:
-                    _underlying(layer, "bias").mul_(scale ** (i / n))
+                    underlying(layer, "bias").mul_(scale ** (i / n))
         trainer.scheduler.base_lrs = [lr / scale for lr in trainer.scheduler.base_lrs]
         self.scale *= scale
 
@@ -208,10 +208,4 @@ class EdgePopup(Pruner):
             out["output_scale"] = self.scale
         return out
 
-
-def _underlying(layer: nn.Module, name: str) -> torch.Tensor:
-    """The stored tensor behind ``layer.<name>`` (the parametrization's original when masked)."""
-    if hasattr(layer, "parametrizations") and name in layer.parametrizations:
-        return layer.parametrizations[name].original
-    return getattr(layer, name)
 

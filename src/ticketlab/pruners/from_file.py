@@ -61,7 +61,6 @@ class FromFile(Pruner):
         """
         masks = self.load()
         attach_fixed_masks(model, {k: v.bool() for k, v in masks.items()})
-        self.kept = sum(int(m.sum()) for m in masks.values())
 
     def summary(self) -> dict[str, Any]:
         """Where the mask came from."""

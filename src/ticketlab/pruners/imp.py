@@ -20,6 +20,7 @@ and data order restart from the beginning of each level (open_lth instead contin
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,8 +103,6 @@ class Imp(Pruner):
             stage_dir = run_dir / f"level_{level:02d}"
             done = stage_dir / "summary.json"
             if done.exists():
-                import json
-
                 summary = json.loads(done.read_text())
                 if summary.get("status") == "completed":
                     levels.append(summary)

@@ -161,8 +161,6 @@ class ScorePruner(Pruner):
         if self.needs_data and ctx.data is None:
             raise ConfigError(f"pruner={self.cfg.name} needs training data to score weights.")
         self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
-        if self.cfg.prune_bias and not any(getattr(layer, "bias", None) is not None for _, layer in self.layers):
-            raise ConfigError("pruner.prune_bias=true but the model has no layer biases; set model.bias=true.")
         self.masks = []
         weights = []
         for _, layer in self.layers:
