@@ -20,9 +20,11 @@ FAST = ["logger=none", "trainer.progress=false", "trainer.epochs=2"]
 
 
 @pytest.fixture(autouse=True)
-def _quiet_wandb(monkeypatch, tmp_path):
+def _isolated_outputs(monkeypatch, tmp_path):
+    """Every test writes runs, sweeps and W&B files under its own tmp_path (also in subprocesses)."""
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("TICKETLAB_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.setenv("TICKETLAB_CACHE", str(ROOT / ".cache" / "ticketlab"))
 
 

@@ -23,14 +23,16 @@ def train(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess
 
 def test_default_job_through_hydra_with_wandb_offline(tmp_path):
     out = tmp_path / "run"
-    p = train("trainer.epochs=3", f"hydra.run.dir={out}", env={"WANDB_MODE": "offline"})
+    p = train("trainer.epochs=3", f"hydra.run.dir={out}", env={"WANDB_MODE": "offline",
+                                                                 "WANDB_DIR": str(tmp_path / "wb")})
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["sparsity"] == pytest.approx(0.5)
     assert (out / ".hydra" / "config.yaml").exists()
     log = p.stdout + p.stderr
     assert "test_acc" in log and "sparsity 0.5000" in log and str(out) in log
-    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    assert not (out / "wandb").exists()  # WANDB_DIR is respected
+    (run_file,) = (tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb")
     logged = read_run(run_file)  # the process has exited: the file is final
     assert [row["epoch"] for row in logged["history"] if "epoch" in row] == [1, 2, 3]
     assert logged["summary"]["test_acc"] == pytest.approx(summary["test_acc"])
@@ -92,7 +94,7 @@ def test_every_pruning_at_init_method_through_train_py(tmp_path):
     for s in summaries:
         assert s["status"] == "completed"
         if s["pruner"] == "imp":  # the smallest L with 0.8^L <= 0.2 is 8
-            assert s["imp_levels"] == 8 and s["density"] == pytest.approx(0.8 ** 8, abs=1e-3)
+            assert s["stages_total"] == 9 and s["density"] == pytest.approx(0.8 ** 8, abs=1e-3)
         else:
             assert s["density"] == pytest.approx(0.2, abs=2e-3)
         assert "effective_sparsity" in s

@@ -29,9 +29,7 @@ def test_every_option_composes_and_validates(group, option):
 
 
 def test_mandatory_mask_path_is_reported():
-    from omegaconf.errors import MissingMandatoryValue
-
-    with pytest.raises(MissingMandatoryValue, match="pruner.path"):
+    with pytest.raises(ConfigError, match=r"pruner.path is mandatory here and has no value"):
         resolve(compose_cfg("pruner=from_file"))
 
 
@@ -78,7 +76,7 @@ def test_unknown_option_lists_the_available_ones(group):
     (["trainer.device=gpu"], r"trainer.device='gpu' is not allowed"),
     (["pruner.scope=per_channel"], r"pruner.scope='per_channel' is not allowed; choose one of: layerwise, global"),
     (["pruner=dense", "pruner.sparsity=0.5"], r"pruner=dense.*sparsity must be 0"),
-    (["seed=-3"], r"seed=-3 must be a non-negative integer"),
+    (["seed=-3"], r"seed=-3 is not a valid seed; allowed: an integer in \[0, 2\^63 - 1\]"),
     (["logger.mode=sometimes"], r"logger.mode='sometimes' is not allowed"),
     (["optimizer.lr=0"], r"optimizer.lr=0.0 is out of range"),
 ])

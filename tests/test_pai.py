@@ -361,13 +361,15 @@ def test_imp_levels_density_and_exact_rewind(cfg_factory, tmp_path):
     for _ in range(4):
         expected.append(kept)
         kept = nk(kept, 0.2)
-    assert [lv["params_remaining"] for lv in s["levels"]] == expected  # 0.8^L with the kept-count convention
-    assert s["density"] == pytest.approx(0.8 ** 3, abs=1e-4) and s["imp_levels"] == 3
+    assert [lv["params_remaining"] for lv in s["stages"]] == expected  # 0.8^L with the kept-count convention
+    assert s["density"] == pytest.approx(0.8 ** 3, abs=1e-4) and s["stages_total"] == 4
+    assert [lv["stage"] for lv in s["stages"]] == ["level_00", "level_01", "level_02", "level_03"]
     rewind = torch.load(tmp_path / "rewind.pt", weights_only=False)
     from ticketlab.run import setup
+    from ticketlab.stages import StageContext
 
-    stage = setup(cfg_factory("pruner=imp", "pruner.levels=3", "init=kaiming_normal", "pruner.level=2",
-                              f"pruner.root={tmp_path}"), run_dir=tmp_path / "probe")
+    stage = setup(cfg_factory("pruner=imp", "pruner.levels=3", "init=kaiming_normal"), run_dir=tmp_path / "probe",
+                  stage=StageContext(2, "level_02", tmp_path, tmp_path / "level_01"))
     for mt in masked_tensors(stage.trainer.model):  # rewound weights are the saved ones, bit for bit
         assert torch.equal(mt.original, rewind[mt.name])
     prev_mask = torch.load(tmp_path / "level_01" / "next_mask.pt", weights_only=False)
@@ -377,11 +379,12 @@ def test_imp_levels_density_and_exact_rewind(cfg_factory, tmp_path):
 def test_imp_skips_completed_levels(cfg_factory, tmp_path):
     imp_run(cfg_factory, tmp_path)
     stamps = {p.name: (p / "summary.json").stat().st_mtime_ns for p in tmp_path.glob("level_*")}
-    (tmp_path / "level_03" / "summary.json").unlink()  # as if interrupted during the last level
+    (tmp_path / "level_03" / "summary.json").unlink()  # as if killed during the last level
+    (tmp_path / "summary.json").unlink()
     s = imp_run(cfg_factory, tmp_path)
     after = {p.name: (p / "summary.json").stat().st_mtime_ns for p in tmp_path.glob("level_*")}
     assert all(after[k] == stamps[k] for k in ("level_00", "level_01", "level_02"))
-    assert s["levels"][-1]["status"] == "completed"
+    assert s["stages"][-1]["status"] == "completed" and s["status"] == "completed"
 
 
 def test_imp_late_rewinding_saves_step_k(cfg_factory, tmp_path):
@@ -407,19 +410,27 @@ def test_dissipating_removes_the_least_moved_weights(cfg_factory, tmp_path):
     job = setup(cfg_factory("pruner=dissipating_gradients", "pruner.epochs_to_prune=2", "pruner.sparsity=0.8",
                             "init=kaiming_normal", "optimizer.lr=0.05", "trainer.epochs=3"), run_dir=tmp_path)
     pruner, trainer = job.trainer.pruner, job.trainer
-    theta0 = [t.clone() for t in pruner.theta0]
-    trainer.fit(until=1)
-    rep = sparsity_report(trainer.model)
+    after_epoch_1 = {}
+    hook = pruner.on_epoch_end
+
+    def spy(state):  # the state right after epoch 1's pruning step
+        hook(state)
+        if state.epoch == 1:
+            after_epoch_1["masks"] = [fm.mask.bool().clone() for fm in pruner.masks]
+            after_epoch_1["weights"] = [w.detach().clone() for w in pruner.weights]
+            after_epoch_1["report"] = sparsity_report(state.model)
+
+    pruner.on_epoch_end = spy
+    trainer.fit()
+    rep, masks1 = after_epoch_1["report"], after_epoch_1["masks"]
     assert rep.density == pytest.approx(0.6, abs=1e-3)  # halfway from 1.0 to 0.2
-    masks1 = [fm.mask.bool().clone() for fm in pruner.masks]
     # right after epoch 1 the weights are those the pruning step saw: every removed weight moved
     # (relative to its init) no more than any kept one, globally
-    moved = torch.cat([((w.detach() - w0).abs() / (w0.abs() + 1e-12)).reshape(-1)
-                       for w, w0 in zip(pruner.weights, theta0, strict=True)])
+    moved = torch.cat([((w - w0).abs() / (w0.abs() + 1e-12)).reshape(-1)
+                       for w, w0 in zip(after_epoch_1["weights"], pruner.theta0, strict=True)])
     kept = torch.cat([m.reshape(-1) for m in masks1])
     assert int(kept.sum()) == rep.kept
-    assert float(moved[~kept].max().detach()) <= float(moved[kept].min().detach())
-    trainer.fit()
+    assert float(moved[~kept].max()) <= float(moved[kept].min())
     masks3 = [fm.mask.bool() for fm in pruner.masks]
     assert all(torch.equal(m3 & m1, m3) for m1, m3 in zip(masks1, masks3, strict=True))  # removed stay removed
     assert sparsity_report(trainer.model).density == pytest.approx(0.2, abs=1e-3)
@@ -441,14 +452,16 @@ def test_kstarts_selects_by_fitness_rank_sum():
 def test_kstarts_candidates_share_the_init_and_winner_continues(cfg_factory, tmp_path):
     from ticketlab.run import setup
 
-    job = setup(cfg_factory("pruner=kstarts", "pruner.k=3", "pruner.sparsity=0.8", "init=kaiming_normal"),
-                run_dir=tmp_path)
+    job = setup(cfg_factory("pruner=kstarts", "pruner.k=3", "pruner.sparsity=0.8", "init=kaiming_normal",
+                            "trainer.epochs=0"), run_dir=tmp_path)
+    job.trainer.fit()  # the three candidates train, the fittest is chosen
     pruner = job.trainer.pruner
     assert len(pruner.fitness) == 3 and 0 <= pruner.winner < 3
     assert all(f["grad_accum"] > 0 and f["magnitude"] > 0 for f in pruner.fitness)
     assert sparsity_report(job.trainer.model).density == pytest.approx(0.2, abs=1e-3)
     rewound = setup(cfg_factory("pruner=kstarts", "pruner.k=3", "pruner.sparsity=0.8", "init=kaiming_normal",
-                                "pruner.rewind=true"), run_dir=tmp_path / "r")
+                                "pruner.rewind=true", "trainer.epochs=0"), run_dir=tmp_path / "r")
+    rewound.trainer.fit()
     fresh = setup(cfg_factory("pruner=magnitude", "pruner.sparsity=0.8", "init=kaiming_normal"),
                   run_dir=tmp_path / "m")
     for a, b in zip(masked_tensors(rewound.trainer.model), masked_tensors(fresh.trainer.model), strict=True):

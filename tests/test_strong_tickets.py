@@ -22,6 +22,7 @@ from ticketlab.masks import (
     sparsity_report,
 )
 from ticketlab.models import build_model
+from ticketlab.phases import TrainState
 from ticketlab.pruners import PruneContext, build_pruner
 from ticketlab.pruners.biprop import BinaryActivation, BipropConfig
 from ticketlab.pruners.edge_popup import EdgePopupConfig
@@ -46,13 +47,11 @@ def prepared(cfg, model=None, init="kaiming_normal", seed=0, data=None, epochs=1
     return model, pruner
 
 
-class FakeTrainer:
-    """The attributes pruner hooks read."""
-
-    def __init__(self, model, batch=None):
-        self.model, self.step, self.epoch, self.last_batch = model, 0, 0, batch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1),
-                                                           lambda e: 1.0)
+def hook_state(model, batch=None):
+    """The training state pruner hooks receive (an SGD optimizer at lr 0.1 with a constant schedule)."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    return TrainState(model=model, device=CPU, optimizer=opt,
+                      scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0), batch=batch)
 
 
 # --------------------------------------------------------------------------- joint top-k (bias pruning)
@@ -132,11 +131,11 @@ def test_iterand_redraws_only_pruned_weights_at_rate_r():
 
 def test_iterand_acts_exactly_every_period():
     model, pruner = iterand(period=4)
-    trainer = FakeTrainer(model)
+    state = hook_state(model)
     snapshots = []
     for step in range(1, 9):
-        trainer.step = step
-        pruner.on_step_end(trainer)
+        state.step = step
+        pruner.on_step_end(state)
         snapshots.append(torch.cat([mt.original.reshape(-1) for mt in masked_tensors(model)]).clone())
     changed = [not torch.equal(a, b) for a, b in zip(snapshots, snapshots[1:], strict=False)]
     # redraws follow completed steps 3 and 7 ((t + 1) % 4 == 0): between snapshots 2->3 and 6->7
@@ -205,12 +204,13 @@ def test_recycling_on_biprop():
                                         ("l2", "absolute"), ("l2", "init_std"), ("l2", "relative")])
 def test_eps_perturbation_respects_the_ball_and_freezes_weights(cfg_factory, tmp_path, norm, scale):
     eps = 0.05
-    job = setup(cfg_factory("pruner=eps_perturbation", f"pruner.eps={eps}", f"pruner.norm={norm}",
-                            f"pruner.eps_scale={scale}", "pruner.phase_a_steps=30", "pruner.phase_a_lr=0.5",
-                            "init=kaiming_normal", "seed=3"), run_dir=tmp_path)
-    model = job.trainer.model
+    common = ("pruner=eps_perturbation", f"pruner.eps={eps}", f"pruner.norm={norm}", f"pruner.eps_scale={scale}",
+              "pruner.phase_a_steps=30", "pruner.phase_a_lr=0.5", "init=kaiming_normal", "seed=3")
+    after_a = setup(cfg_factory(*common, "trainer.epochs=0"), run_dir=tmp_path / "a")  # phase A only
+    after_a.trainer.fit()
+    model = after_a.trainer.model
     ref = mlp((256, 256), in_shape=(1, 8, 8))
-    init_weights(ref, job.rc.init, 3, job.trainer.pruner.densities(ref))
+    init_weights(ref, after_a.rc.init, 3, after_a.pruner.densities(ref))
     w0 = {f"{n}.weight": layer.weight.detach() for n, layer in prunable_layers(ref)}
     std = {f"{n}.weight": math.sqrt(2.0 / layer.in_features) for n, layer in prunable_layers(ref)}
     moved = 0.0
@@ -226,19 +226,24 @@ def test_eps_perturbation_respects_the_ball_and_freezes_weights(cfg_factory, tmp
                       "relative": eps * float(w0[mt.name].norm())}[scale]
             assert float(d.norm()) <= radius * (1 + 1e-5)
     assert moved > 0  # phase A did move the weights
-    perturbed = {mt.name: mt.original.clone() for mt in masked_tensors(model)}
-    job.trainer.fit()
-    assert all(torch.equal(mt.original, perturbed[mt.name]) for mt in masked_tensors(model))  # phase B frozen
-    assert job.trainer.pruner.state_dict()["phase"] == "B"
+    assert after_a.pruner.phase_a_steps_done == 30
+    full = setup(cfg_factory(*common, "trainer.epochs=2"), run_dir=tmp_path / "b")
+    full.trainer.fit()
+    for a, b in zip(masked_tensors(model), masked_tensors(full.trainer.model), strict=True):
+        assert torch.equal(a.original, b.original)  # the same phase A, and phase B never moved the weights
+        assert not torch.equal(a.mask.scores, b.mask.scores)  # phase B trained the scores
+    assert full.pruner.state_dict()["phase"] == "B"
 
 
 def test_eps_random_control_has_the_same_size(cfg_factory, tmp_path):
     common = ["pruner=eps_perturbation", "pruner.eps=0.5", "pruner.norm=l2", "pruner.phase_a_steps=10",
               "init=kaiming_normal", "trainer.epochs=0"]
-    sgd = setup(cfg_factory(*common), run_dir=tmp_path / "a").trainer.pruner.perturbation_stats
-    rnd = setup(cfg_factory(*common, "pruner.perturbation=random"), run_dir=tmp_path / "b").trainer.pruner
-    for name, stats in rnd.perturbation_stats.items():
-        assert stats["l2"] == pytest.approx(sgd[name]["l2"], rel=1e-4)
+    sgd = setup(cfg_factory(*common), run_dir=tmp_path / "a")
+    rnd = setup(cfg_factory(*common, "pruner.perturbation=random"), run_dir=tmp_path / "b")
+    sgd.trainer.fit()
+    rnd.trainer.fit()
+    for name, stats in rnd.pruner.perturbation_stats.items():
+        assert stats["l2"] == pytest.approx(sgd.pruner.perturbation_stats[name]["l2"], rel=1e-4)
 
 
 # --------------------------------------------------------------------------- Fischer & Burkholz options
@@ -252,10 +257,10 @@ def test_density_annealing_levels():
     cfg = EdgePopupConfig(sparsity=0.9, anneal_levels=3, anneal_start_density=0.6)
     model, pruner = prepared(cfg, epochs=6)
     densities = [sparsity_report(model).density]
-    trainer = FakeTrainer(model)
+    state = hook_state(model)
     for epoch in range(1, 7):
-        trainer.epoch = epoch
-        pruner.on_epoch_end(trainer)
+        state.epoch = epoch
+        pruner.on_epoch_end(state)
         densities.append(sparsity_report(model).density)
     f = (0.1 / 0.6) ** (1 / 3)
     assert densities[0] == pytest.approx(0.6 * f, abs=1e-3)
@@ -273,13 +278,14 @@ def test_scaled_edge_popup_multiplies_the_logits_by_the_fitted_scale():
     x, y = torch.randn(32, 1, 6, 6), torch.randint(0, 10, (32,))
     with torch.no_grad():
         before = model(x)
-    trainer = FakeTrainer(model, (x, y))
-    pruner.on_epoch_end(trainer)
+    state = hook_state(model, (x, y))
+    pruner.on_epoch_end(state)
     s = pruner.scale
     assert s != 1.0
     with torch.no_grad():
         assert torch.allclose(model(x), s * before, rtol=1e-4, atol=1e-5)
-    assert trainer.scheduler.base_lrs[0] == pytest.approx(0.1 / s)
+    assert state.scheduler.base_lrs[0] == pytest.approx(0.1 / s)  # declared through TrainState.scale_lr
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / s)
 
 
 # --------------------------------------------------------------------------- initializers
@@ -401,5 +407,6 @@ def test_method_options_are_validated(make, pattern):
 
 
 def test_annealing_needs_enough_epochs():
+    model, pruner = prepared(EdgePopupConfig(anneal_levels=5), epochs=3)
     with pytest.raises(ConfigError, match="anneal_levels=5 needs at least as many epochs"):
-        prepared(EdgePopupConfig(anneal_levels=5), epochs=3)
+        pruner.check(model, PruneContext(0, InitConfig(name="kaiming_normal"), CPU, None, 3))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from .errors import ConfigError, check_choice, check_range
+from .errors import ConfigError, check_choice, check_range, check_seed
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -31,6 +31,43 @@ def store_schema(group: str, name: str, node: type) -> None:
     schemas out of the options Hydra lists for ``<group>=``.
     """
     ConfigStore.instance().store(group=f"schema/{group}", name=name, node=node)
+
+
+def check_path(key: str, value: str) -> None:
+    """Raise :class:`ConfigError` if ``value`` is empty or still holds an unresolved ``${...}``.
+
+    A path that reaches this check unresolved came from Python code that built a config without
+    Hydra; using it would create a folder literally named after the interpolation.
+    """
+    if not value or "${" in value:
+        raise ConfigError(f"{key}={value!r} is not a usable path; give a folder (Hydra resolves "
+                          "${paths.*} and ${oc.env:...} only in composed configs).")
+
+
+@dataclass
+class PathsConfig:
+    """``paths=`` group: where datasets, caches and run outputs live.
+
+    The defaults come from ``conf/paths/default.yaml`` (environment variables with fallbacks), as
+    in lightning-hydra-template's ``configs/paths/default.yaml``; ``dataset.root`` and
+    ``dataset.cache_dir`` default to ``paths.data_dir`` and ``paths.cache_dir``. Paths never take
+    part in a run's identity (:mod:`ticketlab.identity`): the same run is the same wherever its
+    data lives.
+
+    Attributes:
+        data_dir: dataset root (``$DATA_DIR``, else ``data``).
+        cache_dir: decoded-dataset caches (``$TICKETLAB_CACHE``, else ``.cache/ticketlab``).
+        output_dir: run folders (``<output_dir>/runs/``) and sweep records
+            (``<output_dir>/sweeps/``) (``$TICKETLAB_OUTPUTS``, else ``outputs``).
+    """
+
+    data_dir: str = "data"
+    cache_dir: str = ".cache/ticketlab"
+    output_dir: str = "outputs"
+
+    def __post_init__(self) -> None:
+        for key in ("data_dir", "cache_dir", "output_dir"):
+            check_path(f"paths.{key}", getattr(self, key))
 
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet", "imagenet")
@@ -58,13 +95,13 @@ class DatasetConfig:
     """
 
     name: str = MISSING
-    root: str = "${oc.env:DATA_DIR,data}"
+    root: str = "data"
     batch_size: int = 128
     eval_batch_size: int = 1000
     download: bool = True
     augment: bool = True
     num_workers: int = 4
-    cache_dir: str = "${oc.env:TICKETLAB_CACHE,.cache/ticketlab}"
+    cache_dir: str = ".cache/ticketlab"
     test_fraction: float = 0.2
     image_size: int = 224
     val_fraction: float = 0.0
@@ -78,6 +115,9 @@ class DatasetConfig:
         check_range("dataset.num_workers", self.num_workers, 0, float("inf"))
         check_range("dataset.test_fraction", self.test_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
         check_range("dataset.image_size", self.image_size, 8, float("inf"))
+        check_seed("dataset.val_seed", self.val_seed)
+        check_path("dataset.root", self.root)
+        check_path("dataset.cache_dir", self.cache_dir)
 
 
 @dataclass
@@ -148,6 +188,8 @@ class InitConfig:
         check_choice("init.scale_fan_convention", self.scale_fan_convention, ("paper", "reference_code"))
         check_choice("init.bias_init", self.bias_init, BIAS_INITS)
         check_range("init.bias_factor", self.bias_factor, 0.0, float("inf"))
+        check_seed("init.weight_seed", self.weight_seed)
+        check_seed("init.score_seed", self.score_seed)
         if self.bias_init.startswith("ll_") and self.name != "ortho_ll":
             raise ConfigError(f"init.bias_init={self.bias_init} pairs biases for looks-linear weights; it needs "
                               f"init.name=ortho_ll (got {self.name}).")
@@ -231,6 +273,9 @@ class SchedulerConfig:
         check_range("scheduler.min_lr", self.min_lr, 0.0, float("inf"))
 
 
+RESUME_MODES = ("auto", "never", "fresh")
+
+
 @dataclass
 class TrainerConfig:
     """``trainer=`` group: the training loop.
@@ -244,7 +289,14 @@ class TrainerConfig:
         limit_eval_batches: evaluate on at most this many batches (smoke runs).
         label_smoothing: cross-entropy label smoothing.
         progress: tqdm progress bar per epoch.
-        checkpoint: save ``last.ckpt`` (the whole run state) atomically after every epoch.
+        checkpoint: save ``last.ckpt`` (the whole run state) atomically after every epoch, every
+            ``checkpoint_every_min`` minutes inside an epoch, and when a signal stops the run.
+        checkpoint_every_min: minutes between checkpoints inside an epoch (ImageNet-sized epochs);
+            0 = only at epoch ends and on signals.
+        resume: what the same command does when its run folder already holds this run:
+            ``auto`` (skip a completed or diverged run, continue any other from its checkpoint),
+            ``never`` (refuse to touch an existing run: exit with an error) or ``fresh`` (move
+            the old folder aside, never deleting it, and start again).
         threads: CPU threads for torch (0 = torch's default).
     """
 
@@ -257,9 +309,13 @@ class TrainerConfig:
     label_smoothing: float = 0.0
     progress: bool = True
     checkpoint: bool = True
+    checkpoint_every_min: float = 15.0
+    resume: str = "auto"
     threads: int = 0
 
     def __post_init__(self) -> None:
+        check_choice("trainer.resume", self.resume, RESUME_MODES)
+        check_range("trainer.checkpoint_every_min", self.checkpoint_every_min, 0.0, float("inf"))
         if self.epochs < 0:
             raise ConfigError(f"trainer.epochs={self.epochs} is negative; it must be an integer >= 0.")
         if not DEVICE_PATTERN.match(self.device):
@@ -280,16 +336,21 @@ class LoggerConfig:
 
     Attributes:
         name: ``wandb`` or ``none``.
-        mode: ``online``, ``offline`` or ``disabled``; defaults to ``$WANDB_MODE`` or ``offline``.
-        project, entity, group, tags, run_name: passed to ``wandb.init``; ``run_name`` defaults
-            to ``<pruner>-<model>-<dataset>-s<sparsity>-seed<seed>``.
+        mode: ``online``, ``offline`` or ``disabled`` (``conf/logger/wandb.yaml``: ``$WANDB_MODE``,
+            else ``offline``). ``online`` without a reachable server falls back to ``offline``.
+        project, entity, tags: passed to ``wandb.init``.
+        group: W&B group; ``null`` = the sweep's name in a ``-m`` sweep (the experiment's name
+            when one is set), the parent run for IMP levels, none for a single run.
+        job_type: W&B job type; ``null`` = the pruner's name.
+        run_name: W&B display name; ``null`` = the run's readable name plus the values swept.
     """
 
     name: str = MISSING
-    mode: str = "${oc.env:WANDB_MODE,offline}"
+    mode: str = "offline"
     project: str = "ticketlab"
     entity: str | None = None
     group: str | None = None
+    job_type: str | None = None
     tags: list[str] = field(default_factory=list)
     run_name: str | None = None
 
@@ -298,7 +359,7 @@ class LoggerConfig:
         check_choice("logger.mode", self.mode, ("online", "offline", "disabled"))
 
 
-for _group, _node in [("dataset", DatasetConfig), ("model", ModelConfig), ("init", InitConfig),
+for _group, _node in [("paths", PathsConfig), ("dataset", DatasetConfig), ("model", ModelConfig), ("init", InitConfig),
                       ("scheduler", SchedulerConfig), ("trainer", TrainerConfig), ("logger", LoggerConfig)]:
     store_schema(_group, "base", _node)
 store_schema("optimizer", "sgd", SGDConfig)

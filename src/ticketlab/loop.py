@@ -1,10 +1,22 @@
-"""The training loop: epochs of optimizer steps, evaluation every epoch, checkpoint every epoch.
+"""The training loop: phases of optimizer steps through one step function, exact checkpoints.
 
-The :class:`Trainer` owns everything a run needs to continue -- model (weights, scores, masks),
-optimizer, scheduler, pruner state, RNG states, epoch/step counters and the metric history --
-and :meth:`Trainer.state_dict` puts all of it in one checkpoint (``last.ckpt``, written
-atomically after every epoch). :meth:`Trainer.load_state_dict` restores it, so continuing a run is
-``load_state_dict`` followed by :meth:`Trainer.fit`.
+A run trains in phases (:mod:`ticketlab.phases`): the method's pre-training phases, if any, then
+``main``, the training the run is about (its optimizer and schedule come from the config; it is
+evaluated and logged every epoch). Every optimizer step of every phase goes through
+:func:`train_step`, so each one gets mixed precision, batch limits, the non-finite check, the
+progress bar, stop signals and checkpoints.
+
+:class:`Trainer` owns everything a run needs to continue -- model (weights, scores, masks),
+optimizer, scheduler, method state, RNG states, the phase, epoch and step counters, the position
+inside the current epoch (its permutation and the next batch), the running training metrics and
+the metric history -- and :meth:`Trainer.state_dict` puts all of it in one checkpoint
+(``last.ckpt``, written atomically at every epoch end, every ``trainer.checkpoint_every_min``
+minutes inside an epoch, at every phase boundary, and when a stop signal arrives). Continuing a
+run is :meth:`Trainer.load_state_dict` followed by :meth:`Trainer.fit`; on the CPU with a fixed
+thread count the continued run is bit-for-bit the uninterrupted one.
+
+Results go to callbacks (:mod:`ticketlab.callbacks`: the ``metrics.jsonl`` file, the tracker,
+the log line), called with each epoch's metric row of the main phase.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,136 +34,355 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .config import TrainerConfig
+from .config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from .data import DataBundle
-from .masks import sparsity_report
-from .pruners import Pruner
-from .results import atomic_torch_save, atomic_write_jsonl
+from .data.loaders import EpochOrder
+from .errors import Diverged, NonFiniteError
+from .masks import nonfinite_scores, sparsity_report
+from .optim import build_optimizer, build_scheduler
+from .phases import Phase, TrainState
+from .pruners import PruneContext, Pruner
+from .results import atomic_torch_save
+from .signals import NoStop, StopRequest
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_FORMAT = 2
+
+
+def train_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable,
+               optimizer: torch.optim.Optimizer, autocast: Callable[[], contextlib.AbstractContextManager],
+               after_backward: Callable[[], None] | None = None, check_loss: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on ``batch``: forward, loss, backward, step.
+
+    Args:
+        model: the model (in training mode).
+        batch: ``(x: (B, C, H, W), y: (B,))`` on the model's device.
+        loss_fn: ``loss_fn(logits (B, K), y) -> scalar``.
+        optimizer: the phase's optimizer.
+        autocast: a context-manager factory (bf16 autocast on CUDA, or a null context).
+        after_backward: called between ``backward`` and ``optimizer.step`` (read or edit gradients).
+        check_loss: check the loss for NaN/inf before the backward pass (a host synchronisation;
+            the loop asks for it every step on the CPU and every few steps on CUDA).
+
+    Returns:
+        ``(loss, correct)``: the detached mean loss (0-dim float) and the number of correct
+        predictions (0-dim int64), both on the device.
+
+    Raises:
+        NonFiniteError: the loss is NaN or infinite (``check_loss``), or a top-k over non-finite
+            scores was asked for; the step has not changed the model.
+    """
+    x, y = batch
+    with autocast():
+        out = model(x)
+        loss = loss_fn(out, y)
+    if check_loss and not bool(torch.isfinite(loss)):
+        raise NonFiniteError("loss", f"the loss is {float(loss.detach())}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if after_backward is not None:
+        after_backward()
+    optimizer.step()
+    return loss.detach(), (out.argmax(1) == y).sum()
+
+
+class MainPhase(Phase):
+    """The training the run is about: the method's trainable tensors, the configured optimizer and
+    schedule, the method's hooks, evaluation and a metric row every epoch."""
+
+    name = "main"
+
+    def __init__(self, pruner: Pruner, optimizer_cfg: OptimizerConfig, scheduler_cfg: SchedulerConfig,
+                 epochs: int) -> None:
+        self.pruner, self.optimizer_cfg, self.scheduler_cfg = pruner, optimizer_cfg, scheduler_cfg
+        self.epochs = epochs
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    def begin(self, state: TrainState, resumed: bool) -> torch.optim.Optimizer:
+        """The method's :meth:`~ticketlab.pruners.Pruner.begin_main`, then the optimizer and scheduler."""
+        self.pruner.begin_main(state, resumed)
+        optimizer = build_optimizer(self.pruner.trainable_parameters(state.model), self.optimizer_cfg)
+        self.scheduler = build_scheduler(optimizer, self.scheduler_cfg, self.epochs)
+        return optimizer
+
+    def on_step_end(self, state: TrainState) -> None:
+        """The method's step hook."""
+        self.pruner.on_step_end(state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """The method's epoch hook, then the scheduler steps."""
+        self.pruner.on_epoch_end(state)
+        if state.scheduler is not None:
+            state.scheduler.step()
+
+
+class Callback:
+    """Something the loop tells about progress (see :mod:`ticketlab.callbacks`)."""
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """After each evaluated epoch of the main phase (``row`` is the new metric row)."""
+
+    def on_resume(self, state: TrainState, history: list[dict[str, Any]]) -> None:
+        """After a checkpoint was loaded, before training continues."""
+
 
 class Trainer:
-    """Train ``model`` with ``optimizer`` on ``data``; evaluate, log and checkpoint every epoch.
+    """Run a method's phases and the main training; evaluate, log and checkpoint.
 
     Args:
         model: the (masked) model, already on ``device``.
-        pruner: the method (its hooks run after each step / epoch; its state is checkpointed).
-        optimizer: over ``pruner.trainable_parameters(model)``.
-        scheduler: per-epoch LR scheduler (stepped after each epoch).
+        pruner: the method (its phases and hooks; its state is checkpointed).
         data: the :class:`~ticketlab.data.DataBundle`.
         cfg: trainer config.
+        optimizer_cfg, scheduler_cfg: the main phase's optimizer and schedule.
         device: training device.
-        run_dir: folder of ``metrics.jsonl`` and ``last.ckpt``.
-        on_epoch: callback ``(row: dict) -> None`` after each epoch (e.g. W&B logging).
-        extra_state: JSON-able data stored in the checkpoint (the resolved config).
+        run_dir: folder of ``last.ckpt`` (``None``: no checkpoint is written).
+        ctx: the method's context (its phases are built from it).
+        callbacks: told about every main-phase epoch (metrics file, tracker, log).
+        stop: the stop flag (signals); checked after every step.
+        extra_state: JSON-able data stored in the checkpoint (the resolved config, the run id).
     """
 
-    def __init__(self, model: nn.Module, pruner: Pruner, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, data: DataBundle, cfg: TrainerConfig,
-                 device: torch.device, run_dir: Path, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                 extra_state: dict[str, Any] | None = None) -> None:
-        self.model, self.pruner, self.optimizer, self.scheduler = model, pruner, optimizer, scheduler
-        self.data, self.cfg, self.device, self.run_dir = data, cfg, device, Path(run_dir)
-        self.on_epoch = on_epoch
+    def __init__(self, model: nn.Module, pruner: Pruner, data: DataBundle, cfg: TrainerConfig,
+                 optimizer_cfg: OptimizerConfig, scheduler_cfg: SchedulerConfig, device: torch.device,
+                 run_dir: Path | None, ctx: PruneContext, callbacks: Sequence[Callback] = (),
+                 stop: StopRequest | None = None, extra_state: dict[str, Any] | None = None) -> None:
+        self.model, self.pruner, self.data, self.cfg, self.device = model, pruner, data, cfg, device
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.stop = stop if stop is not None else NoStop()
         self.extra_state = extra_state or {}
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.epoch = 0  # completed epochs
-        self.step = 0  # completed optimizer steps
+        self.main = MainPhase(pruner, optimizer_cfg, scheduler_cfg, cfg.epochs)
+        self.phases: list[Phase] = [*pruner.phases(ctx), self.main]
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be unique, got {names}")
+        self.state = TrainState(model=model, device=device, data=data, run_dir=self.run_dir)
+        self.phase_index = 0
+        self.phase_begun = False
+        self.global_step = 0
         self.history: list[dict[str, Any]] = []
-        self.last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # for pruner hooks
+        self.position: dict[str, Any] | None = None  # inside an epoch: order, next batch, running sums
+        self._pending: dict[str, Any] | None = None  # optimizer/scheduler state to load when the phase begins
+        self._last_checkpoint = time.monotonic()
+        # On CUDA the loss is checked every `sync_every` steps (one host synchronisation), on the CPU every step.
+        self.sync_every = 1 if device.type == "cpu" else 25
 
-    # ------------------------------------------------------------------ running
-    def _autocast(self):
+    # ------------------------------------------------------------------ helpers
+    @property
+    def phase(self) -> Phase:
+        """The current phase."""
+        return self.phases[self.phase_index]
+
+    @property
+    def epoch(self) -> int:
+        """Completed epochs of the current phase."""
+        return self.state.epoch
+
+    @property
+    def step(self) -> int:
+        """Completed optimizer steps of the current phase."""
+        return self.state.step
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The current phase's optimizer."""
+        return self.state.optimizer
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The current phase's scheduler."""
+        return self.state.scheduler
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.amp and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training set (or ``limit_train_batches`` batches).
+    def where(self) -> str:
+        """``"epoch 3, step 41"`` (with the phase when it is not ``main``)."""
+        phase = "" if self.phase.name == "main" else f" of phase {self.phase.name}"
+        return f"epoch {self.state.epoch + (1 if self.position else 0)}, step {self.state.step}{phase}"
+
+    # ------------------------------------------------------------------ running
+    def fit(self) -> list[dict[str, Any]]:
+        """Run the remaining phases (from the checkpointed position, if one was loaded).
 
         Returns:
-            ``{"train_loss", "train_acc", "train_s", "images"}`` (mean loss per image, accuracy
-            in [0, 1], seconds, images seen).
+            The metric history (one row per main-phase epoch).
+
+        Raises:
+            Diverged: a non-finite loss or non-finite scores; the run must stop.
+            Preempted: a stop signal; the checkpoint is written first.
         """
-        self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        limit = self.cfg.limit_train_batches
-        total = min(len(self.data.train), limit) if limit else len(self.data.train)
-        bar = tqdm(total=total, desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False, dynamic_ncols=True,
-                   disable=None if self.cfg.progress else True)  # None: off when stderr is not a terminal
-        start = time.perf_counter()
-        for i, (x, y) in enumerate(self.data.train):
-            if limit and i >= limit:
+        while self.phase_index < len(self.phases):
+            phase = self.phase
+            self._begin(phase)
+            if phase is self.main and self.cfg.epochs == 0 and not self.history:
+                self._evaluate_and_record(0, {"train_loss": float("nan"), "train_acc": float("nan"),
+                                              "train_s": 0.0, "images": 0}, self.state.lr, time.perf_counter())
+            self._train_phase(phase)
+            phase.end(self.state)
+            if self.phase_index + 1 < len(self.phases):
+                self.phase_index += 1
+                self.phase_begun = False
+                self.state.epoch = self.state.step = 0
+                self.state.optimizer = self.state.scheduler = None
+                self.checkpoint()
+                self.stop.check(self.where())
+            else:
                 break
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self._autocast():
-                out = self.model(x)
-                loss = self.loss_fn(out, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.step += 1
-            self.last_batch = (x, y)
-            self.pruner.on_step_end(self)
-            loss_sum += loss.detach() * len(y)
-            correct += (out.argmax(1) == y).sum()
-            seen += len(y)
-            bar.update(1)
-            if bar.n % 20 == 0 or bar.n == total:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+        return self.history
+
+    def _begin(self, phase: Phase) -> None:
+        st = self.state
+        st.phase, st.epochs = phase.name, phase.epochs
+        resumed = self.phase_begun
+        st.optimizer = phase.begin(st, resumed)
+        st.scheduler = getattr(phase, "scheduler", None) if phase is self.main else None
+        if self._pending is not None:
+            st.optimizer.load_state_dict(self._pending["optimizer"])
+            if st.scheduler is not None and self._pending.get("scheduler") is not None:
+                st.scheduler.load_state_dict(self._pending["scheduler"])
+            self._pending = None
+        self.phase_begun = True
+        if not resumed and phase is not self.main:
+            log.info("phase %s: %d epoch(s)%s", phase.name, phase.epochs,
+                     f", at most {phase.max_steps} steps" if phase.max_steps else "")
+
+    def _batches_per_epoch(self, phase: Phase) -> int:
+        n = len(self.data.train)
+        for cap in (self.cfg.limit_train_batches, phase.batches_per_epoch):
+            if cap:
+                n = min(n, cap)
+        return n
+
+    def _train_phase(self, phase: Phase) -> None:
+        st = self.state
+        while st.epoch < phase.epochs and not (phase.max_steps and st.step >= phase.max_steps):
+            stopped_early = self._train_epoch(phase)
+            if stopped_early:  # the phase's step budget ran out inside the epoch
+                return
+            st.epoch += 1
+            phase.on_epoch_end(st)
+            if phase is self.main:
+                self._evaluate_and_record(st.epoch, self._epoch_train, self._epoch_lr, self._epoch_start)
+            else:
+                t = self._epoch_train
+                log.info("phase %s epoch %d: train_loss %.4f train_acc %.4f (%.1f s)", phase.name, st.epoch,
+                         t["train_loss"], t["train_acc"], time.perf_counter() - self._epoch_start)
+            self.checkpoint()
+            self.stop.check(self.where())
+
+    def _train_epoch(self, phase: Phase) -> bool:
+        """Train one epoch (or its rest, when resuming inside it); returns True when ``max_steps`` cut it short."""
+        st = self.state
+        model = self.model
+        model.train()
+        if self.position is not None:
+            order = EpochOrder.from_state(self.position["order"])
+            start = int(self.position["batch"])
+            loss_sum = torch.tensor(self.position["loss_sum"], dtype=torch.float64, device=self.device)
+            correct = torch.tensor(self.position["correct"], dtype=torch.long, device=self.device)
+            seen = int(self.position["seen"])
+            self._epoch_lr = self.position["lr"]
+        else:
+            order, start = self.data.train.new_order(), 0
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+            correct = torch.zeros((), dtype=torch.long, device=self.device)
+            seen = 0
+            self._epoch_lr = st.lr
+        self._epoch_start = time.perf_counter()
+        total = self._batches_per_epoch(phase)
+        label = f"epoch {st.epoch + 1}/{phase.epochs}" + ("" if phase is self.main else f" ({phase.name})")
+        bar = tqdm(total=total, initial=start, desc=label, leave=False, dynamic_ncols=True,
+                   disable=None if self.cfg.progress else True)  # None: off when stderr is not a terminal
+        after_backward = (lambda: phase.after_backward(st)) if type(phase).after_backward is not Phase.after_backward \
+            else None
+        cut_short = False
+        i = start
+        train_start = time.perf_counter()
+        try:
+            for i, (x, y) in enumerate(self.data.train.batches(order, start), start=start):
+                if i >= total:
+                    break
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                check = (self.global_step + 1) % self.sync_every == 0
+                try:
+                    loss, hits = train_step(model, (x, y), self.loss_fn, st.optimizer, self._autocast,
+                                            after_backward, check_loss=check)
+                    if self.device.type != "cpu" and check and nonfinite_scores(model):
+                        raise NonFiniteError("scores", "scores are not finite")
+                except NonFiniteError as e:
+                    raise Diverged(e.what, phase.name, st.epoch + 1, st.step + 1, st.lr) from e
+                st.step += 1
+                self.global_step += 1
+                st.batch = (x, y)
+                phase.on_step_end(st)
+                loss_sum += loss.double() * len(y)
+                correct += hits
+                seen += len(y)
+                bar.update(1)
+                if bar.n % 20 == 0 or bar.n == total:
+                    bar.set_postfix(loss=f"{loss_sum.item() / max(seen, 1):.4f}",
+                                    acc=f"{correct.item() / max(seen, 1):.4f}")
+                last = i + 1 >= total
+                if phase.max_steps and st.step >= phase.max_steps and not last:
+                    cut_short = True
+                if not last and not cut_short and (self.stop.requested or self._timer_due()):
+                    self.position = {"order": order.state_dict(), "batch": i + 1, "loss_sum": loss_sum.item(),
+                                     "correct": int(correct.item()), "seen": seen, "lr": self._epoch_lr}
+                    self.checkpoint()
+                    self.stop.check(self.where())
+                    self.position = None
+                if cut_short:
+                    break
+        finally:
+            bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        bar.close()
-        return {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
-                "train_s": elapsed, "images": seen}
+        if self.device.type != "cpu" and not bool(torch.isfinite(loss_sum)):
+            raise Diverged("loss", phase.name, st.epoch + 1, st.step, st.lr)
+        self.position = None
+        elapsed = time.perf_counter() - train_start
+        self._epoch_train = {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+                             "train_s": elapsed, "images": seen}
+        return cut_short
+
+    def _timer_due(self) -> bool:
+        every = self.cfg.checkpoint_every_min
+        return bool(self.cfg.checkpoint and every and time.monotonic() - self._last_checkpoint >= every * 60)
 
     @torch.no_grad()
     def evaluate(self, loader=None) -> tuple[float, float]:
-        """Mean loss and accuracy (in [0, 1]) on ``loader`` (default: the test set), in eval mode."""
+        """Mean loss and accuracy (in [0, 1]) on ``loader`` (default: the test set), in eval mode.
+
+        Raises:
+            Diverged: the masks cannot be computed (non-finite scores).
+        """
         loader = loader if loader is not None else self.data.test
         self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        for i, (x, y) in enumerate(loader):
-            if self.cfg.limit_eval_batches and i >= self.cfg.limit_eval_batches:
-                break
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self._autocast():
-                out = self.model(x)
-            loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
-            seen += len(y)
+        try:
+            for i, (x, y) in enumerate(loader):
+                if self.cfg.limit_eval_batches and i >= self.cfg.limit_eval_batches:
+                    break
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                with self._autocast():
+                    out = self.model(x)
+                loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
+                correct += (out.argmax(1) == y).sum()
+                seen += len(y)
+        except NonFiniteError as e:
+            raise Diverged(e.what, self.phase.name, max(self.state.epoch, 1), self.state.step, self.state.lr) from e
         return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
 
-    def fit(self, until: int | None = None) -> list[dict[str, Any]]:
-        """Train from ``self.epoch + 1`` to ``cfg.epochs`` (or to epoch ``until``); returns the history.
-
-        Each epoch appends one row to ``metrics.jsonl`` (epoch, train_loss, train_acc, [val_loss,
-        val_acc,] test_loss, test_acc, lr, sparsity, epoch_s, images_per_s), calls ``on_epoch`` and saves
-        ``last.ckpt``. With ``epochs == 0`` the initial network is evaluated once (epoch 0).
-        """
-        if self.cfg.epochs == 0 and not self.history:
-            self._record(0, {"train_loss": float("nan"), "train_acc": float("nan"), "train_s": 0.0, "images": 0},
-                         lr=self.optimizer.param_groups[0]["lr"], start=time.perf_counter())
-        last = self.cfg.epochs if until is None else min(until, self.cfg.epochs)
-        for epoch in range(self.epoch + 1, last + 1):
-            start = time.perf_counter()
-            lr = self.optimizer.param_groups[0]["lr"]
-            train = self.train_epoch(epoch)
-            self.epoch = epoch
-            self.pruner.on_epoch_end(self)
-            self.scheduler.step()
-            self._record(epoch, train, lr, start)
-            if self.cfg.checkpoint:
-                atomic_torch_save(self.run_dir / "last.ckpt", self.state_dict())
-        return self.history
-
-    def _record(self, epoch: int, train: dict[str, float], lr: float, start: float) -> None:
+    def _evaluate_and_record(self, epoch: int, train: dict[str, float], lr: float | None, start: float) -> None:
         test_loss, test_acc = self.evaluate()
         val = {}
         if self.data.val is not None:
@@ -168,23 +399,33 @@ class Trainer:
             "images_per_s": train["images"] / train["train_s"] if train["train_s"] > 0 else 0.0,
         }
         self.history.append(row)
-        atomic_write_jsonl(self.run_dir / "metrics.jsonl", self.history)
-        log.info("epoch %d: train_loss %.4f train_acc %.4f test_loss %.4f test_acc %.4f lr %.4g sparsity %.4f "
-                 "(%.1f s, %.0f img/s)", epoch, row["train_loss"], row["train_acc"], test_loss, test_acc, lr,
-                 row["sparsity"], row["epoch_s"], row["images_per_s"])
-        if self.on_epoch is not None:
-            self.on_epoch(row)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self.state, row, self.history)
 
     # ------------------------------------------------------------------ state
+    def checkpoint(self) -> None:
+        """Write ``last.ckpt`` atomically (when ``trainer.checkpoint`` and a run folder are set)."""
+        if not self.cfg.checkpoint or self.run_dir is None:
+            return
+        atomic_torch_save(self.run_dir / "last.ckpt", self.state_dict())
+        self._last_checkpoint = time.monotonic()
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly (see the module docstring)."""
+        st = self.state
         return {
-            "epoch": self.epoch,
-            "step": self.step,
+            "format": CHECKPOINT_FORMAT,
+            "phase_index": self.phase_index,
+            "phase": self.phase.name,
+            "phase_begun": self.phase_begun,
+            "epoch": st.epoch,
+            "step": st.step,
+            "global_step": self.global_step,
+            "position": self.position,
             "history": list(self.history),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizer": st.optimizer.state_dict() if st.optimizer is not None and self.phase_begun else None,
+            "scheduler": st.scheduler.state_dict() if st.scheduler is not None and self.phase_begun else None,
             "pruner": self.pruner.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -197,10 +438,21 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (model, optimizer, scheduler, pruner, RNGs, counters)."""
+        """Restore :meth:`state_dict`; the optimizer and scheduler are restored when their phase begins.
+
+        Writes nothing; call :meth:`notify_resume` once the run goes on.
+
+        Raises:
+            ValueError: a checkpoint of another format or of other phases.
+            RuntimeError: a model state that does not fit this model (``load_state_dict``).
+        """
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        idx = state["phase_index"]
+        if idx >= len(self.phases) or self.phases[idx].name != state["phase"]:
+            raise ValueError(f"checkpoint is in phase {state['phase']!r}, which this run does not have "
+                             f"({', '.join(p.name for p in self.phases)})")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.pruner.load_state_dict(state["pruner"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
@@ -210,4 +462,22 @@ class Trainer:
             self.data.generator.set_state(rng["data"])
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
-        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+        self.phase_index, self.phase_begun = state["phase_index"], state["phase_begun"]
+        self.state.epoch, self.state.step = state["epoch"], state["step"]
+        self.state.phase = state["phase"]
+        self.global_step = state["global_step"]
+        self.position = state["position"]
+        self.history = list(state["history"])
+        self._pending = {"optimizer": state["optimizer"], "scheduler": state["scheduler"]} \
+            if state["phase_begun"] and state["optimizer"] is not None else None
+
+    def notify_resume(self) -> None:
+        """Tell the callbacks that training continues from the loaded checkpoint (they rewrite what the
+        attempt that died wrote after it)."""
+        log.info("resuming at %s", self.where() if self.position or self.phase_begun else
+                 f"the start of phase {self.phase.name}")
+        for cb in self.callbacks:
+            cb.on_resume(self.state, self.history)
+
+
+__all__ = ["Callback", "MainPhase", "Trainer", "train_step"]

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteError
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -115,6 +115,12 @@ def topk_mask(key: Tensor, k: int, nonnegative: bool = False) -> Tensor:
 
     Returns:
         Bool tensor of ``key``'s shape with exactly ``min(max(k, 0), n)`` True entries.
+
+    Raises:
+        NonFiniteError: on the CPU, when NaN entries make an exact top-k impossible (NaN is not
+            ordered). On CUDA the count is not checked (that would synchronise with the host);
+            the training loop checks the scores for NaN every few steps instead
+            (:func:`nonfinite_scores`).
     """
     flat = key.detach().reshape(-1)
     n = flat.numel()
@@ -130,7 +136,17 @@ def topk_mask(key: Tensor, k: int, nonnegative: bool = False) -> Tensor:
     above = flat > v
     ties = flat == v
     keep = above | (ties & (ties.cumsum(0) <= k - above.sum()))
+    if flat.device.type == "cpu" and int(keep.sum()) != k:
+        nans = int(torch.isnan(flat).sum())
+        raise NonFiniteError("scores", f"a top-{k} of {n} entries found only {int(keep.sum())}: {nans} of them are "
+                                       "NaN, which has no rank")
     return keep.view_as(key)
+
+
+def nonfinite_scores(model: nn.Module) -> bool:
+    """Whether any :class:`ScoreMask` of ``model`` has a NaN or infinite score (one host synchronisation)."""
+    checks = [torch.isfinite(mt.mask.scores).all() for mt in masked_tensors(model) if isinstance(mt.mask, ScoreMask)]
+    return bool(checks) and not bool(torch.stack(checks).all())
 
 
 def _score_grad(grad: Tensor, weight: Tensor, scores: Tensor, signed: bool) -> Tensor:
@@ -583,3 +599,38 @@ def bake(model: nn.Module) -> nn.Module:
         if parametrize.is_parametrized(mt.module, mt.tensor_name):
             parametrize.remove_parametrizations(mt.module, mt.tensor_name, leave_parametrized=True)
     return model
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` under the names of the unmasked model: each masked tensor's original
+    values as ``<layer>.weight`` / ``<layer>.bias``, without the mask buffers (detached clones).
+
+    Used to save and restore weights across runs whose masks differ (IMP's rewinding).
+    """
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if ".parametrizations." not in k}
+    for mt in masked_tensors(model):
+        state[mt.name] = mt.original.detach().clone()
+    return state
+
+
+@torch.no_grad()
+def load_plain_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load a :func:`plain_state_dict` into ``model`` (masked or not); the masks are left as they are.
+
+    Raises:
+        RuntimeError: a missing or unexpected name, or a shape mismatch.
+    """
+    masked = {mt.name: mt for mt in masked_tensors(model)}
+    rest = {k: v for k, v in state.items() if k not in masked}
+    for name, mt in masked.items():
+        if name not in state:
+            raise RuntimeError(f"the saved state has no {name}")
+        mt.original.copy_(state[name])
+    own = {k for k in model.state_dict() if ".parametrizations." not in k}
+    missing, unexpected = own - set(rest), set(rest) - own
+    if missing or unexpected:
+        raise RuntimeError(f"saved state does not fit the model: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+    current = model.state_dict()
+    for k, v in rest.items():
+        current[k].copy_(v)

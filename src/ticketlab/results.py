@@ -2,12 +2,15 @@
 
 Every file is written to a temporary name in the same folder and renamed over the target
 (``os.replace`` is atomic on POSIX), so an interrupted run never leaves a half-written file.
+JSON files are strict JSON: non-finite numbers (a NaN loss, an infinite compression ratio) are
+written as ``null`` (:func:`jsonable`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -44,14 +47,34 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None`` (recursively), tuples as lists.
+
+    ``json.dumps`` would otherwise write bare ``NaN``/``Infinity``, which is not JSON (RFC 8259) and
+    which strict readers (``jq``, JavaScript, pandas with ``engine="pyarrow"``) reject.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON text of ``obj`` (non-finite numbers become ``null``; other values via ``str``)."""
+    return json.dumps(jsonable(obj), indent=indent, allow_nan=False, default=str)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Write ``obj`` as indented strict JSON (see :func:`jsonable`), atomically."""
+    atomic_write_bytes(path, (dumps(obj, indent=2) + "\n").encode())
 
 
 def atomic_write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write ``rows`` as JSON lines (one object per line), atomically (the whole file each time)."""
-    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    """Write ``rows`` as strict JSON lines (one object per line), atomically (the whole file each time)."""
+    atomic_write_bytes(path, "".join(dumps(r) + "\n" for r in rows).encode())
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
@@ -64,3 +87,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON content of ``path``, or ``None`` when it is missing or not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,53 +1,82 @@
-"""One run: validate the config, build data/model/masks, train, write results.
+"""One run: validate the config, find the run's folder, skip, continue or start it, train, report.
 
-:func:`run` is what ``train.py`` calls for every Hydra job. All input checks (config ranges,
-unknown names, missing data, a model that does not fit the input) happen before the first
-optimizer step; each raises :class:`~ticketlab.errors.ConfigError` with a one-paragraph message.
+:func:`run` is what ``train.py`` calls for every Hydra job (through :mod:`ticketlab.cli`), and what
+scripts and tests call directly. In order:
 
-Files in the run folder (Hydra's job output dir):
+1. **Validate** (:func:`resolve`): every schema's checks, unknown keys (``+pruner.sparsty=0.9``),
+   unresolvable interpolations, seeds, rules between groups. Then, in :func:`setup`, the data,
+   the model and the method's own checks. A problem raises :class:`~ticketlab.errors.ConfigError`
+   (one paragraph naming the key, the value and what is allowed) before anything is written.
+2. **Find the run** (:mod:`ticketlab.identity`, :mod:`ticketlab.rundir`): the run folder is named
+   by a hash of the result-affecting config, or given (``hydra.run.dir``, ``run_dir=``). A
+   completed (or diverged) run is skipped; a stopped one continues from ``last.ckpt``;
+   ``trainer.resume`` chooses otherwise. A folder holding a different run is never touched.
+3. **Train** (:mod:`ticketlab.loop`) under a stop flag (:mod:`ticketlab.signals`): SIGTERM,
+   SIGUSR1 and SIGINT finish the step, write the checkpoint and stop.
+4. **Report honestly**: ``summary.json`` says ``completed``, ``diverged`` (non-finite loss or
+   scores, with where and a hint), ``preempted``/``interrupted`` (the signal and where) or
+   ``failed`` (the error's type, message and place; the traceback is in ``train.log``). A
+   failure while writing results never hides the error that caused it.
 
-* ``metrics.jsonl`` -- one JSON object per epoch (see :meth:`ticketlab.loop.Trainer.fit`);
-* ``summary.json`` -- final status and numbers (see :func:`summarize`);
-* ``last.ckpt`` -- the whole run state after the last completed epoch;
-* ``masks.pt`` -- the final masks (``{tensor name: bool tensor}``) and the weight/score seeds;
-* ``wandb/`` -- the W&B run (offline by default).
+Multi-stage methods (IMP) run each stage this way (:mod:`ticketlab.stages`).
+
+Files in the run folder: ``run.json`` (identity and attempts), ``metrics.jsonl``,
+``summary.json``, ``last.ckpt``, ``masks.pt``, ``train.log``, ``.hydra/`` (the composed config and
+overrides of the first attempt), ``wandb/`` (unless ``$WANDB_DIR``), ``attempts/<n>/`` (earlier
+attempts' summaries).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from . import identity as identity_mod
+from . import rundir, stages
+from . import sweep as _sweep  # noqa: F401  (registers ${tl.sweep_name:} for every Hydra app)
+from .callbacks import LogLine, MetricsFile, TrackerLog
+from .checks import cross_checks, mask_warnings, model_warnings
 from .config import (
     DatasetConfig,
     InitConfig,
     LoggerConfig,
     ModelConfig,
     OptimizerConfig,
+    PathsConfig,
     SchedulerConfig,
     TrainerConfig,
 )
 from .data import build_data
-from .errors import ConfigError
+from .errors import ConfigError, Diverged, NonFiniteError, Preempted, check_seed
+from .identity import RunIdentity
 from .init import init_weights
 from .loop import Trainer
 from .mask_structure import mask_structure
 from .masks import mask_dict, masked_tensors, sparsity_report
 from .models import build_model
-from .optim import build_optimizer, build_scheduler
-from .pruners import PRUNERS, PruneContext, PrunerConfig, build_pruner
+from .pruners import PruneContext, Pruner, PrunerConfig, build_pruner
 from .results import atomic_torch_save, atomic_write_json
+from .signals import StopRequest
+from .stages import StageContext
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+GROUPS = ("dataset", "model", "init", "pruner", "optimizer", "scheduler", "trainer", "logger")
+OPTIONAL_GROUPS = ("paths",)
+TOP_LEVEL_KEYS = (*GROUPS, *OPTIONAL_GROUPS, "seed")
 
 
 @dataclass
@@ -63,23 +92,84 @@ class RunConfig:
     trainer: TrainerConfig
     logger: LoggerConfig
     seed: int = 0
+    paths: PathsConfig | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
-def resolve(cfg: DictConfig) -> RunConfig:
-    """Resolve interpolations and run every schema's checks.
+def _raw(cfg: DictConfig, key: str | None) -> Any:
+    """The unresolved value at ``key`` (e.g. ``${oc.env:UNSET}``), for messages."""
+    if not key:
+        return None
+    node: Any = OmegaConf.to_container(cfg, resolve=False)
+    for part in str(key).split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _translate(e: OmegaConfBaseException, cfg: DictConfig) -> ConfigError:
+    key = getattr(e, "full_key", None) or ""
+    raw = _raw(cfg, key)
+    if isinstance(e, MissingMandatoryValue):
+        return ConfigError(f"{key} is mandatory here and has no value (???); set it, e.g. {key}=<value>.")
+    cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return ConfigError(f"{key}={raw} cannot be resolved ({cause}); set what it refers to, or give "
+                       f"{key} a value directly.")
+
+
+def _unknown_keys(cfg: DictConfig, extra_top_level: tuple[str, ...]) -> None:
+    allowed_top = set(TOP_LEVEL_KEYS) | set(extra_top_level) | {"hydra"}
+    for key in cfg.keys():
+        if key not in allowed_top:
+            close = difflib.get_close_matches(str(key), sorted(allowed_top - {"hydra"}), n=1)
+            raise ConfigError(f"{key} is not a TicketLab config key" + (f"; did you mean {close[0]}?" if close else "")
+                              + f" Top-level keys: {', '.join(TOP_LEVEL_KEYS)}.")
+    for group in (*GROUPS, *OPTIONAL_GROUPS):
+        if group not in cfg or not isinstance(cfg._get_node(group), DictConfig):
+            continue
+        node = cfg._get_node(group)
+        typ = OmegaConf.get_type(node)
+        if typ is None or not dataclasses.is_dataclass(typ):
+            continue
+        known = [f.name for f in dataclasses.fields(typ)]
+        for key in node.keys():
+            if key not in known:
+                option = node.get("name", group) if group != "paths" else "default"
+                close = difflib.get_close_matches(str(key), known, n=1)
+                raise ConfigError(f"{group}.{key} is not a key of {group}={option}"
+                                  + (f"; did you mean {group}.{close[0]}?" if close else ".")
+                                  + f" Its keys: {', '.join(known)}.")
+
+
+def resolve(cfg: DictConfig, extra_top_level: tuple[str, ...] = ()) -> RunConfig:
+    """Resolve interpolations and run every schema's and every cross-group check.
+
+    Args:
+        cfg: the composed config.
+        extra_top_level: top-level keys a script's own config adds (e.g. ``bench``), allowed too.
+
+    Returns:
+        The typed config; its ``warnings`` lists legal but degenerate settings.
 
     Raises:
-        ConfigError: a value out of range, a missing group, or a non-integer seed.
+        ConfigError: a value out of range, an unknown key (``+pruner.sparsty=0.9``), a missing
+            group, an interpolation that does not resolve, a bad seed, or a rule between groups.
     """
-    groups = ("dataset", "model", "init", "pruner", "optimizer", "scheduler", "trainer", "logger")
-    missing = [g for g in groups if g not in cfg]
+    missing = [g for g in GROUPS if g not in cfg]
     if missing:
         raise ConfigError(f"the config lacks the group(s) {', '.join(missing)}; compose it from conf/config.yaml.")
-    seed = cfg.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed={seed!r} must be a non-negative integer.")
-    objs = {g: OmegaConf.to_object(cfg[g]) for g in groups}
-    return RunConfig(**objs, seed=seed)
+    _unknown_keys(cfg, extra_top_level)
+    try:
+        seed = cfg.get("seed", 0)
+        objs = {g: OmegaConf.to_object(cfg[g]) for g in GROUPS}
+        paths = OmegaConf.to_object(cfg.paths) if "paths" in cfg else None
+    except OmegaConfBaseException as e:
+        raise _translate(e, cfg) from e
+    check_seed("seed", seed)
+    rc = RunConfig(**objs, seed=seed, paths=paths)
+    rc.warnings = cross_checks(rc)
+    return rc
 
 
 def select_device(name: str) -> torch.device:
@@ -114,15 +204,23 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(False)
 
 
+def _hydra() -> Any | None:
+    """The current Hydra job's config (``None`` outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
 def hydra_run_dir() -> Path:
     """The current Hydra job's output folder.
 
     Raises:
         RuntimeError: outside a Hydra job (pass ``run_dir`` to :func:`run` instead).
     """
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
+    hc = _hydra()
+    if hc is None:
+        raise RuntimeError("not inside a Hydra job; pass run_dir")
+    return Path(hc.runtime.output_dir)
 
 
 def check_compatibility(rc: RunConfig, model: torch.nn.Module) -> None:
@@ -145,43 +243,56 @@ def check_compatibility(rc: RunConfig, model: torch.nn.Module) -> None:
                           "(and model.batch_norm=true for MLP/Conv-n/VGG).")
 
 
+def _mask_report(model: torch.nn.Module) -> dict[str, Any]:
+    """Measured sparsity numbers; ``None`` values when the masks cannot be computed (NaN scores)."""
+    try:
+        rep = sparsity_report(model)
+    except NonFiniteError:
+        return {"sparsity": None, "density": None, "params_total": None, "params_remaining": None,
+                "compression_ratio": None, "layer_densities": {}}
+    return {"sparsity": rep.sparsity, "density": rep.density, "params_total": rep.total,
+            "params_remaining": rep.kept, "compression_ratio": rep.total / rep.kept if rep.kept else float("inf"),
+            "layer_densities": {name: v["density"] for name, v in rep.layers.items()}}
+
+
 def summarize(rc: RunConfig, model: torch.nn.Module, history: list[dict[str, Any]], status: str,
               wall_s: float, run_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
     """The ``summary.json`` dict.
 
-    Keys: ``status`` (completed/failed/interrupted), ``test_acc`` (last epoch), ``best_test_acc``
-    (max over epochs; for reference only, it selects on the test set), ``train_acc``; with a
-    validation split also ``val_acc``, ``best_val_acc``, ``best_val_epoch`` and
-    ``test_acc_at_best_val`` (model selection on validation, never on test);
+    Keys: ``status`` (completed/diverged/preempted/interrupted/failed), ``test_acc`` (last epoch),
+    ``best_test_acc`` (max over epochs; for reference only, it selects on the test set),
+    ``train_acc``; with a validation split also ``val_acc``, ``best_val_acc``, ``best_val_epoch``
+    and ``test_acc_at_best_val`` (model selection on validation, never on test);
     ``sparsity``/``density`` (measured from the masks over prunable weights),
-    ``target_sparsity``, ``params_total``/``params_remaining`` (prunable weights: Conv/Linear
-    weights), ``params_all`` (every parameter and buffer-free tensor of the model, unmasked),
+    ``target_sparsity``, ``target_density``, ``params_total``/``params_remaining`` (prunable weights:
+    Conv/Linear weights), ``params_all`` (every parameter of the model, unmasked),
     ``compression_ratio`` (total / remaining), ``epochs`` (completed), ``wall_s``, ``model``,
     ``dataset``, ``pruner``, ``init``, ``seed``, ``layer_densities``, ``run_dir``; :func:`run` adds
-    the method's facts and the mask-structure metrics (``effective_sparsity``, ``log_paths``,
-    per-layer ``structure``).
+    the method's facts, the mask-structure metrics, the run id and name, the attempt count,
+    warnings, and for unsuccessful runs what happened (``diverged``, ``stopped``, ``error``).
     """
-    rep = sparsity_report(model)
-    accs = [r["test_acc"] for r in history if not math.isnan(r["test_acc"])]
+    finite = [r["test_acc"] for r in history if r.get("test_acc") is not None and not math.isnan(r["test_acc"])]
     val: dict[str, Any] = {}
     if history and "val_acc" in history[-1]:
         best = max(history, key=lambda r: r["val_acc"])  # first epoch reaching the best validation accuracy
         val = {"best_val_acc": best["val_acc"], "best_val_epoch": best["epoch"],
                "test_acc_at_best_val": best["test_acc"], "val_acc": history[-1]["val_acc"]}
+    masks = _mask_report(model)
     return {
         "status": status,
         "test_acc": history[-1]["test_acc"] if history else None,
-        "best_test_acc": max(accs) if accs else None,
+        "best_test_acc": max(finite) if finite else None,
         "train_acc": history[-1]["train_acc"] if history else None,
         **val,
-        "sparsity": rep.sparsity,
-        "density": rep.density,
+        "sparsity": masks["sparsity"],
+        "density": masks["density"],
         "target_sparsity": rc.pruner.sparsity,
-        "params_total": rep.total,
-        "params_remaining": rep.kept,
+        "target_density": 1.0 - rc.pruner.sparsity,
+        "params_total": masks["params_total"],
+        "params_remaining": masks["params_remaining"],
         "params_all": sum(mt.original.numel() for mt in masked_tensors(model))
         + sum(p.numel() for n, p in model.named_parameters() if ".parametrizations." not in n),
-        "compression_ratio": rep.total / rep.kept if rep.kept else float("inf"),
+        "compression_ratio": masks["compression_ratio"],
         "epochs": history[-1]["epoch"] if history else 0,
         "wall_s": wall_s,
         "model": rc.model.name,
@@ -189,7 +300,7 @@ def summarize(rc: RunConfig, model: torch.nn.Module, history: list[dict[str, Any
         "pruner": rc.pruner.name,
         "init": rc.init.name,
         "seed": rc.seed,
-        "layer_densities": {name: v["density"] for name, v in rep.layers.items()},
+        "layer_densities": masks["layer_densities"],
         "run_dir": str(run_dir),
         **extra,
     }
@@ -197,58 +308,81 @@ def summarize(rc: RunConfig, model: torch.nn.Module, history: list[dict[str, Any
 
 @dataclass
 class Job:
-    """Everything built for one run, ready to train (see :func:`setup`)."""
+    """Everything built for one run, ready to train (see :func:`setup`).
+
+    Attributes:
+        rc: the validated config.
+        run_dir: the run folder.
+        resolved: the resolved config as plain data (stored with results and checkpoints).
+        ctx: the method's context.
+        trainer: the loop, with the metrics-file and log callbacks.
+        warnings: legal but degenerate settings found so far.
+        stop: the run's stop flag.
+    """
 
     rc: RunConfig
     run_dir: Path
     resolved: dict[str, Any]
     ctx: PruneContext
     trainer: Trainer
-    tracker: Tracker
+    warnings: list[str]
+    stop: StopRequest
+
+    @property
+    def pruner(self) -> Pruner:
+        """The method."""
+        return self.trainer.pruner
 
 
-def setup(cfg: DictConfig, run_dir: str | Path | None = None) -> Job:
-    """Validate ``cfg`` and build data, model, masks, optimizer, scheduler, tracker and trainer.
+def setup(cfg: DictConfig, run_dir: str | Path | None = None, *, initialize: bool = True,
+          stage: StageContext | None = None, stop: StopRequest | None = None,
+          extra_top_level: tuple[str, ...] = ()) -> Job:
+    """Validate ``cfg`` and build data, model, masks, optimizer settings and the training loop.
 
-    Every input check happens here, before anything is written to ``run_dir``.
+    Every input check happens here; nothing is written to ``run_dir`` (with ``initialize=True``,
+    IMP level 0 writes its rewind point into the parent folder of a stage).
 
     Args:
         cfg: the composed Hydra config.
         run_dir: output folder; default: the Hydra job's output dir.
+        initialize: compute the method's starting mask (:meth:`~ticketlab.pruners.Pruner.initialize`);
+            :func:`run` passes ``False`` and initializes only fresh runs.
+        stage: the stage of a multi-stage run.
+        stop: the stop flag (a new one by default; its signal handlers are installed by :func:`run`).
+        extra_top_level: top-level config keys of a script's own config.
 
     Raises:
-        ConfigError: any bad input (config value, unknown name, missing data, model/input mismatch).
+        ConfigError: any bad input (config value, unknown name, missing or corrupt data,
+            model/input mismatch, a method setting this model or data cannot carry out).
     """
-    rc = resolve(cfg)
+    rc = resolve(cfg, extra_top_level)
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     if rc.trainer.threads:
         torch.set_num_threads(rc.trainer.threads)
     seed_everything(rc.seed, rc.trainer.deterministic)
     device = select_device(rc.trainer.device)
+    stop = stop if stop is not None else StopRequest()
 
     data = build_data(rc.dataset, device, rc.seed)
     model = build_model(rc.model, data.input_shape, data.num_classes, rc.dataset.name)
     check_compatibility(rc, model)
+    warnings = list(rc.warnings) + model_warnings(model, data.input_shape, rc.model.name)
     pruner = build_pruner(rc.pruner)
     init_weights(model, rc.init, rc.seed, pruner.densities(model))
     model.to(device)
-    ctx = PruneContext(seed=rc.seed, init=rc.init, device=device, data=data, epochs=rc.trainer.epochs)
-    pruner.prepare(model, ctx)
-    optimizer = build_optimizer(pruner.trainable_parameters(model), rc.optimizer)
-    scheduler = build_scheduler(optimizer, rc.scheduler, rc.trainer.epochs)
-
+    ctx = PruneContext(seed=rc.seed, init=rc.init, device=device, data=data, epochs=rc.trainer.epochs, stop=stop,
+                       run_dir=run_dir, stage=stage, limit_train_batches=rc.trainer.limit_train_batches)
+    pruner.attach(model, ctx)
+    warnings += pruner.check(model, ctx)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{rc.pruner.name}-{rc.model.name}-{rc.dataset.name}-s{rc.pruner.sparsity:g}-seed{rc.seed}"
-    tracker = Tracker(rc.logger, run_dir, resolved, name)
-
-    def on_epoch(row: dict[str, Any]) -> None:
-        rep = sparsity_report(model)
-        tracker.log({**row, **{f"density/{k}": v["density"] for k, v in rep.layers.items()}}, step=row["epoch"])
-
-    trainer = Trainer(model, pruner, optimizer, scheduler, data, rc.trainer, device, run_dir, on_epoch,
+    resolved.pop("hydra", None)
+    trainer = Trainer(model, pruner, data, rc.trainer, rc.optimizer, rc.scheduler, device, run_dir, ctx,
+                      callbacks=[MetricsFile(run_dir / "metrics.jsonl"), LogLine()], stop=stop,
                       extra_state={"config": resolved})
-    return Job(rc, run_dir, resolved, ctx, trainer, tracker)
+    job = Job(rc, run_dir, resolved, ctx, trainer, warnings, stop)
+    if initialize:
+        pruner.initialize(model, ctx)
+    return job
 
 
 def structure_summary(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -262,72 +396,387 @@ def structure_summary(model: torch.nn.Module, input_shape: tuple[int, ...]) -> d
             "disconnected_fraction": st.disconnected_fraction, "log_paths": st.log_paths, "structure": st.layers}
 
 
-def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run one job and return its summary; multi-stage methods (IMP) run their stages.
+# ---------------------------------------------------------------------------------------------------
+# the run folder: decide, record, train, report
+# ---------------------------------------------------------------------------------------------------
+class RunLog:
+    """``<run>/train.log``: the ``ticketlab`` loggers' records for the duration of an attempt (appended)."""
 
-    A pruner class with a ``run_stages(cfg, run_dir, run_single)`` class method (e.g.
-    :class:`ticketlab.pruners.imp.Imp`) orchestrates several single runs; every other method is one
-    :func:`run_single`. The whole config is validated first in both cases.
+    FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+    def __init__(self, path: Path) -> None:
+        self.handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter(self.FORMAT))
+        self.logger = logging.getLogger("ticketlab")
+        if self.logger.level == logging.NOTSET or self.logger.level > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self.handler)
+
+    def traceback(self, exc: BaseException) -> None:
+        """Write ``exc``'s traceback to the file only (the console gets one line)."""
+        record = logging.LogRecord("ticketlab.run", logging.ERROR, __file__, 0, "traceback:", None,
+                                   (type(exc), exc, exc.__traceback__))
+        self.handler.handle(record)
+
+    def close(self) -> None:
+        """Detach and close the file."""
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
+
+
+def _error_record(exc: BaseException) -> dict[str, Any]:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = None
+    if frames:
+        f = frames[-1]
+        where = f"{os.path.relpath(f.filename) if f.filename.startswith(os.getcwd()) else f.filename}:{f.lineno} " \
+                f"in {f.name}"
+    message = str(exc).strip()
+    return {"type": type(exc).__name__, "message": message, "where": where}
+
+
+def _overrides() -> list[str]:
+    hc = _hydra()
+    return list(hc.overrides.task) if hc is not None else []
+
+
+def _sweep_name() -> str | None:
+    """The sweep folder's name in a ``-m`` sweep (the default W&B group)."""
+    hc = _hydra()
+    if hc is None or str(hc.mode) not in ("RunMode.MULTIRUN", "MULTIRUN"):
+        return None
+    return Path(str(hc.sweep.dir)).name
+
+
+def _display_name(ident: RunIdentity, overrides: list[str]) -> str:
+    """The folder name plus the result-affecting values given on the command line that it does not show."""
+    shown = {"pruner", "model", "dataset", "pruner.sparsity", "seed"}
+    extra = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        group = key.split(".", 1)[0].split("/", 1)[0]
+        excluded = identity_mod.NOT_IDENTITY.get(group, ())
+        if key in shown or excluded is None or key.split(".", 1)[-1] in (excluded or ()):
+            continue
+        extra.append(o.lstrip("+~"))
+    return " ".join([ident.folder, *extra])
+
+
+def _write_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
+    """``.hydra/config.yaml`` (composed, unresolved) and ``overrides.yaml`` of the first attempt."""
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    OmegaConf.save(OmegaConf.create(plain), folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create(_overrides()), folder / "overrides.yaml")
+    hc = _hydra()
+    if hc is not None:
+        OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc, resolve=False)}), folder / "hydra.yaml")
+
+
+def _load_checkpoint(path: Path, job: Job) -> dict[str, Any]:
+    """Read ``last.ckpt`` and load it into the job.
 
     Raises:
-        ConfigError: any bad input, before training starts.
+        ConfigError: the file is unreadable or does not fit this run (naming the file).
     """
-    rc = resolve(cfg)
-    _, pruner_cls = PRUNERS.get(rc.pruner.name)
-    if hasattr(pruner_cls, "run_stages"):
-        return pruner_cls.run_stages(cfg, Path(run_dir) if run_dir is not None else hydra_run_dir(), run_single)
-    return run_single(cfg, run_dir)
+    try:
+        ckpt = torch.load(path, weights_only=False, map_location="cpu")
+        job.trainer.load_state_dict(ckpt)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise ConfigError(f"{path} cannot be used to continue this run ({type(e).__name__}: {first}); move it aside "
+                          "to start the run again in place, or use trainer.resume=fresh.") from e
+    return ckpt
 
 
-def run_single(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run one job end to end and return its summary.
+def _skipped(state: rundir.FolderState) -> dict[str, Any]:
+    summary = dict(state.summary or {})
+    summary["skipped"] = True
+    acc = summary.get("test_acc")
+    log.info("already %s: %s (test_acc %s, sparsity %s); not run again. trainer.resume=fresh starts it afresh.",
+             summary.get("status"), state.path / rundir.SUMMARY, f"{acc:.4f}" if isinstance(acc, float) else acc,
+             f"{summary['sparsity']:.4f}" if isinstance(summary.get("sparsity"), float) else summary.get("sparsity"))
+    return summary
+
+
+def execute(cfg: DictConfig, run_dir: Path, ident: RunIdentity, stage: StageContext | None = None,
+            min_generation: int = 1) -> dict[str, Any]:
+    """One (stage of a) run in ``run_dir``: skip it, continue it or start it, then report.
 
     Args:
-        cfg: the composed Hydra config (``conf/config.yaml`` plus overrides).
-        run_dir: output folder; default: the Hydra job's output dir.
+        cfg: the composed config.
+        run_dir: the run folder.
+        ident: the run's identity.
+        stage: the stage of a multi-stage run.
+        min_generation: the W&B generation at least (a stage inherits its parent run's).
 
     Returns:
-        The dict written to ``summary.json``.
+        The summary (``status`` completed or diverged; ``skipped: True`` when nothing was run).
 
     Raises:
-        ConfigError: any bad input, before training starts (nothing is written then).
-        Exception: a failure during training, after ``summary.json`` is written with
-            ``status: failed`` (``interrupted`` for Ctrl-C) and the last checkpoint kept.
+        ConfigError: bad input, a folder holding another run, an unusable checkpoint (nothing written).
+        RunBusy: another process is running this run.
+        Preempted: a stop signal (checkpoint and summary written).
+        Exception: the crash of a failed run (summary written with ``status: failed``).
     """
-    t0 = time.perf_counter()
-    job = setup(cfg, run_dir)
-    rc, trainer, tracker, run_dir = job.rc, job.trainer, job.tracker, job.run_dir
-    model, data = trainer.model, trainer.data
-    log.info("run folder: %s | %s on %s, %s init, pruner %s at sparsity %.4f, device %s, %d train / %d test images",
-             run_dir, rc.model.name, rc.dataset.name, rc.init.name, rc.pruner.name, rc.pruner.sparsity,
-             trainer.device, data.num_train, data.num_test)
-    extra = {"device": str(trainer.device), "data_source": data.info.get("source"), "wandb_dir": tracker.dir}
-    status = "failed"
+    rc = resolve(cfg)
+    run_dir = Path(run_dir)
+    decision = rundir.decide(rundir.inspect(run_dir), ident, rc.trainer.resume)
+    if decision.action == "skip":
+        return _skipped(rundir.inspect(run_dir))
+    lock = rundir.RunLock(run_dir).acquire()
+    written = False
     try:
-        trainer.fit()
-        status = "completed"
-    except KeyboardInterrupt:
-        status = "interrupted"
+        state = rundir.inspect(run_dir)
+        decision = rundir.decide(state, ident, rc.trainer.resume)
+        decision.generation = max(decision.generation, min_generation)
+        if decision.action == "skip":
+            return _skipped(state)
+        stop = StopRequest()
+        try:
+            job = setup(cfg, run_dir, initialize=False, stage=stage, stop=stop)
+            ckpt = None
+            if decision.action == "resume" and state.has_checkpoint:
+                ckpt = _load_checkpoint(run_dir / rundir.CHECKPOINT, job)
+        except ConfigError:
+            raise
+        except Exception as e:  # a crash while building (not a user error): record it in the folder
+            written = True
+            _record_setup_crash(run_dir, ident, decision, e)
+            raise
+        # ---------------- from here on, the run folder is written ----------------
+        written = True
+        if decision.action == "fresh":
+            moved = rundir.move_aside(run_dir)
+            lock.release()
+            log.info("moved the earlier content of %s to %s", run_dir, moved)
+            lock = rundir.RunLock(run_dir).acquire()
+        elif decision.action == "resume":
+            attempts = len((state.record or {}).get("attempts", []))
+            rundir.archive_attempt(run_dir, attempts, restart=ckpt is None)
+        resumed_from = {"phase": ckpt["phase"], "epoch": ckpt["epoch"], "step": ckpt["step"]} if ckpt else None
+        record = rundir.start_attempt(run_dir, ident, decision.generation, _overrides(), resumed_from)
+        if decision.action in ("new", "fresh"):
+            _write_hydra_record(run_dir, cfg)
+        return _attempt(job, ident, stage, ckpt, record, decision)
+    except ConfigError:
+        lock.release(remove_if_empty=not written)
         raise
     finally:
-        summary = summarize(rc, model, trainer.history, status, time.perf_counter() - t0, run_dir,
-                            {**extra, **trainer.pruner.summary(), **structure_summary(model, data.input_shape)})
-        atomic_write_json(run_dir / "summary.json", summary)
-        atomic_torch_save(run_dir / "masks.pt", {
-            "masks": mask_dict(model),
+        lock.release()
+
+
+def _record_setup_crash(run_dir: Path, ident: RunIdentity, decision: rundir.Decision, exc: BaseException) -> None:
+    """A crash before training (out of memory while building, an I/O error): summary, log and attempt record."""
+    try:
+        if decision.action == "fresh":
+            rundir.move_aside(run_dir)
+            run_dir.mkdir(parents=True)
+        rundir.start_attempt(run_dir, ident, decision.generation, _overrides(), None)
+        runlog = RunLog(run_dir / "train.log")
+        try:
+            runlog.traceback(exc)
+        finally:
+            runlog.close()
+        summary = {"status": "failed", "error": _error_record(exc), "run_id": ident.digest, "run_name": ident.name,
+                   "run_dir": str(run_dir), "epochs": 0}
+        atomic_write_json(run_dir / rundir.SUMMARY, summary)
+        rundir.end_attempt(run_dir, "failed")
+        _report(summary, run_dir)
+    except Exception as e:  # never hide the crash behind a failure to record it
+        log.error("could not record the failure in %s (%s: %s)", run_dir, type(e).__name__, e)
+
+
+def _attempt(job: Job, ident: RunIdentity, stage: StageContext | None, ckpt: dict[str, Any] | None,
+             record: dict[str, Any], decision: rundir.Decision) -> dict[str, Any]:
+    """Train one attempt of a run whose folder is ready; write its summary whatever happens."""
+    rc, trainer, run_dir = job.rc, job.trainer, job.run_dir
+    model, data = trainer.model, trainer.data
+    runlog = RunLog(run_dir / "train.log")
+    t0 = time.perf_counter()
+    previous_wall = (rundir.inspect(run_dir).summary or {}).get("wall_s") or 0.0 if ckpt is not None else 0.0
+    attempt = len(record["attempts"])
+    wandb_id = ident.digest[:16] + (f"-g{decision.generation}" if decision.generation > 1 else "")
+    group = _sweep_name() or (Path(stage.parent_dir).name if stage is not None else None)
+    tracker = Tracker(rc.logger, run_dir, job.resolved, run_id=wandb_id, name=_display_name(ident, _overrides()),
+                      group=group, job_type=rc.pruner.name)
+    trainer.callbacks.append(TrackerLog(tracker))
+    status, outcome, to_raise = "failed", {}, None
+    warnings = list(job.warnings)
+    try:
+        with job.stop:
+            log.info("run %s (id %s, attempt %d): %s | %s on %s, %s init, pruner %s at sparsity %.4f (density %.4f), "
+                     "device %s, %d train / %d test images", run_dir, ident.short, attempt, decision.reason,
+                     rc.model.name, rc.dataset.name, rc.init.name, rc.pruner.name, rc.pruner.sparsity,
+                     1 - rc.pruner.sparsity, trainer.device, data.num_train, data.num_test)
+            for w in warnings:
+                log.warning("%s", w)
+            if ckpt is not None:
+                trainer.notify_resume()
+            else:
+                try:
+                    job.pruner.initialize(model, job.ctx)
+                except NonFiniteError as e:
+                    raise Diverged(e.what, "initialize", 0, 0, None) from e
+                if rc.pruner.sparsity > 0:
+                    try:
+                        new = mask_warnings(mask_structure(model, data.input_shape), rc.pruner.sparsity)
+                    except Exception:  # a metric must never cost the run
+                        new = []
+                    for w in new:
+                        log.warning("%s", w)
+                    warnings += new
+                trainer.checkpoint()  # the initialized state: a resume never recomputes the mask
+                job.stop.check("initialization")
+            trainer.fit()
+            status = "completed"
+    except Diverged as d:
+        status, outcome = "diverged", {"diverged": d.record()}
+    except Preempted as p:
+        status, to_raise = p.status, p
+        outcome = {"stopped": {"signal": p.signal_name, "where": p.where or trainer.where(),
+                               "checkpoint": (run_dir / rundir.CHECKPOINT).exists()}}
+    except KeyboardInterrupt as k:  # a second Ctrl-C: no checkpoint of this step
+        status, to_raise = "interrupted", k
+        outcome = {"stopped": {"signal": "SIGINT", "where": trainer.where(),
+                               "checkpoint": (run_dir / rundir.CHECKPOINT).exists()}}
+    except BaseException as e:
+        status, to_raise = "failed", e
+        outcome = {"error": _error_record(e)}
+        runlog.traceback(e)
+    summary = _finish(job, ident, status, outcome, warnings, previous_wall + time.perf_counter() - t0, attempt,
+                      tracker, runlog)
+    if to_raise is not None:
+        raise to_raise
+    return summary
+
+
+def _finish(job: Job, ident: RunIdentity, status: str, outcome: dict[str, Any], warnings: list[str], wall_s: float,
+            attempt: int, tracker: Tracker, runlog: RunLog) -> dict[str, Any]:
+    """Write the summary, the masks and the attempt record; report; never raise over the run's own outcome."""
+    rc, trainer, run_dir = job.rc, job.trainer, job.run_dir
+    model, data = trainer.model, trainer.data
+    summary: dict[str, Any] = {"status": status, **outcome}
+    problems: list[str] = []
+
+    def attempt_to(what: str, fn, *args) -> Any:
+        try:
+            return fn(*args)
+        except Exception as e:  # never hide the run's own outcome behind a failure to report it
+            problems.append(f"{what}: {type(e).__name__}: {e}")
+            log.error("could not %s (%s: %s)", what, type(e).__name__, e)
+            return None
+
+    extra = {"run_id": ident.digest, "run_name": ident.name, "attempts": attempt, "warnings": warnings, **outcome}
+    extra.update(attempt_to("collect the method's facts", job.pruner.summary) or {})
+    if status not in ("diverged",):
+        extra.update(attempt_to("compute mask-structure metrics", structure_summary, model, data.input_shape) or {})
+    built = attempt_to("build the summary", summarize, rc, model, trainer.history, status, wall_s, run_dir, extra)
+    if built is not None:
+        summary = built
+    if problems:
+        summary["reporting_problems"] = list(problems)
+    attempt_to("write summary.json", atomic_write_json, run_dir / rundir.SUMMARY, summary)
+    if status in ("completed", "preempted", "interrupted"):
+        attempt_to("write masks.pt", atomic_torch_save, run_dir / "masks.pt", {
+            "masks": mask_dict(model) if status != "diverged" else {},
+            "status": status,
             "weight_seed": rc.seed if rc.init.weight_seed is None else rc.init.weight_seed,
             "score_seed": job.ctx.score_seed,
             "config": job.resolved,
         })
-        tracker.summary({k: v for k, v in summary.items() if k not in ("layer_densities", "structure")}
-                        | {f"density/{k}": v for k, v in summary["layer_densities"].items()}
-                        | {f"structure/{layer}/{k}": v for layer, vals in summary.get("structure", {}).items()
-                           for k, v in vals.items()})
-        tracker.finish(0 if status == "completed" else 1)
-    log.info("done: test_acc %.4f | sparsity %.4f (density %.4f, %d of %d prunable weights kept) | %.1f s | "
-             "run folder %s", summary["test_acc"], summary["sparsity"], summary["density"],
-             summary["params_remaining"], summary["params_total"], summary["wall_s"], run_dir)
+    attempt_to("record the attempt in run.json", rundir.end_attempt, run_dir, status)
+    flat = {k: v for k, v in summary.items() if k not in ("layer_densities", "structure", "stages")}
+    flat |= {f"density/{k}": v for k, v in (summary.get("layer_densities") or {}).items()}
+    tracker.summary(flat)
+    tracker.finish(0 if status == "completed" else 1)
+    _report(summary, run_dir)
+    runlog.close()
     return summary
 
 
-__all__ = ["Job", "RunConfig", "resolve", "run", "run_single", "setup"]
+def _report(summary: dict[str, Any], run_dir: Path) -> None:
+    status = summary.get("status")
+    if status == "completed":
+        log.info("done: test_acc %s | sparsity %s (density %s, %s of %s prunable weights kept) | %.1f s | "
+                 "run folder %s",
+                 _fmt(summary.get("test_acc")), _fmt(summary.get("sparsity")), _fmt(summary.get("density")),
+                 summary.get("params_remaining"), summary.get("params_total"), summary.get("wall_s") or 0.0, run_dir)
+    elif status == "diverged":
+        log.error("diverged: %s Summary: %s", summary["diverged"]["message"], run_dir / rundir.SUMMARY)
+    elif status in ("preempted", "interrupted"):
+        s = summary["stopped"]
+        saved = "checkpoint saved" if s["checkpoint"] else "no checkpoint (trainer.checkpoint=false or nothing trained)"
+        log.warning("%s by %s at %s: %s in %s; run the same command to continue.", status, s["signal"], s["where"],
+                    saved, run_dir)
+    else:
+        err = summary.get("error", {})
+        log.error("failed: %s: %s (at %s); traceback in %s", err.get("type"), err.get("message"), err.get("where"),
+                  run_dir / "train.log")
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one job and return its summary; multi-stage methods (IMP) run their stages.
+
+    The run folder is ``run_dir`` if given, else the Hydra job's output folder (which
+    ``conf/config.yaml`` sets to the run's identity folder), else
+    ``<paths.output_dir>/runs/<name>-<id>``.
+
+    Returns:
+        The summary: ``status`` ``completed`` or ``diverged``; ``skipped: True`` when the run was
+        already done and nothing ran.
+
+    Raises:
+        ConfigError: any bad input, before anything is written.
+        RunBusy: the run is running in another process.
+        Preempted: a stop signal (SIGTERM, SIGUSR1, SIGINT); checkpoint and summary are written.
+        Exception: a crash; ``summary.json`` says ``failed`` with the error.
+    """
+    rc = resolve(cfg)
+    try:
+        ident = identity_mod.compute(cfg)
+    except OmegaConfBaseException as e:
+        raise _translate(e, cfg) from e
+    if run_dir is None:
+        run_dir = hydra_run_dir() if _hydra() is not None else identity_mod.runs_root(cfg) / ident.folder
+    run_dir = Path(run_dir)
+    plan = stages.plan(rc)
+    if plan is not None:
+        return _run_staged(cfg, rc, ident, run_dir, plan)
+    return execute(cfg, run_dir, ident)
+
+
+def _run_staged(cfg: DictConfig, rc: RunConfig, ident: RunIdentity, run_dir: Path,
+                plan: list[stages.Stage]) -> dict[str, Any]:
+    """A multi-stage run: decide for the parent folder, then run the stages (each skipped when done)."""
+    state = rundir.inspect(run_dir)
+    decision = rundir.decide(state, ident, rc.trainer.resume)
+    if decision.action == "skip":
+        return _skipped(state)
+    if decision.action == "fresh" and run_dir.exists():
+        log.info("moved the earlier content of %s to %s", run_dir, rundir.move_aside(run_dir))
+        state = rundir.inspect(run_dir)
+    generation = decision.generation
+
+    def record(path: Path, parent: RunIdentity) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        if state.record is None:
+            rundir.start_attempt(path, parent, generation, _overrides(), None)
+            _write_hydra_record(path, cfg)
+
+    def run_one(stage_cfg: DictConfig, stage_dir: Path, stage_ident: RunIdentity, ctx: StageContext) -> dict[str, Any]:
+        if rc.trainer.resume == "fresh":  # the parent folder was moved aside: every stage starts new
+            stage_cfg = stage_cfg.copy()
+            OmegaConf.update(stage_cfg, "trainer.resume", "auto", merge=False)
+        return execute(stage_cfg, stage_dir, stage_ident, ctx, min_generation=generation)
+
+    return stages.run_stages(cfg, ident, run_dir, plan, run_one, record)
+
+
+__all__ = ["Job", "RunConfig", "execute", "resolve", "run", "setup"]

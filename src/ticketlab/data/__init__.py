@@ -32,7 +32,7 @@ from ..config import DatasetConfig
 from ..errors import ConfigError
 from ..registry import Registry
 from .imagefolder import load_cached_split
-from .loaders import DataBundle, TensorLoader, split_indices
+from .loaders import DataBundle, SeededSamples, StreamLoader, TensorLoader, split_indices
 
 __all__ = ["DATASETS", "DataBundle", "TensorLoader", "build_data"]
 
@@ -208,7 +208,7 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 def _streamed(name: str, folders: list[str], small: bool):
     def build(cfg: DatasetConfig, device: torch.device, gen: torch.Generator) -> DataBundle:
         import torchvision.transforms as T
-        from torch.utils.data import DataLoader, Subset
+        from torch.utils.data import DataLoader
         from torchvision.datasets import ImageFolder
 
         root = Path(cfg.root)
@@ -227,21 +227,21 @@ def _streamed(name: str, folders: list[str], small: bool):
             train_tf = T.Compose(([T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if cfg.augment
                                   else [T.Resize(int(size / 0.875)), T.CenterCrop(size)]) + norm)
             test_tf = T.Compose([T.Resize(int(size / 0.875)), T.CenterCrop(size)] + norm)
-        tr, te = ImageFolder(str(base / "train"), train_tf), ImageFolder(str(base / split), test_tf)
-        classes = len(tr.classes)
+        images = ImageFolder(str(base / "train"))  # PIL images; the transforms run in SeededSamples
+        te = ImageFolder(str(base / split), test_tf)
+        classes = len(images.classes)
         pin = device.type == "cuda"
         kw = dict(num_workers=cfg.num_workers, pin_memory=pin, persistent_workers=cfg.num_workers > 0)
-        val = None
+        itr, val = torch.arange(len(images)), None
         if cfg.val_fraction > 0:  # the held-out images are read with the test transform
-            itr, iva = split_indices(len(tr), cfg.val_fraction, cfg.val_seed)
-            val = DataLoader(Subset(ImageFolder(str(base / "train"), test_tf), iva.tolist()), cfg.eval_batch_size,
-                             shuffle=False, **kw)
-            tr = Subset(tr, itr.tolist())
+            itr, iva = split_indices(len(images), cfg.val_fraction, cfg.val_seed)
+            val = DataLoader(SeededSamples(images, iva.tolist(), test_tf), cfg.eval_batch_size, shuffle=False, **kw)
+        train = StreamLoader(SeededSamples(images, itr.tolist(), train_tf), cfg.batch_size, gen, cfg.num_workers, pin)
         return DataBundle(
             name=name,
-            train=DataLoader(tr, cfg.batch_size, shuffle=True, generator=gen, drop_last=False, **kw),
+            train=train,
             test=DataLoader(te, cfg.eval_batch_size, shuffle=False, **kw),
-            input_shape=(3, size, size), num_classes=classes, num_train=len(tr), num_test=len(te),
+            input_shape=(3, size, size), num_classes=classes, num_train=len(itr), num_test=len(te),
             generator=gen, info={"source": str(base), "format": "imagefolder", "test_split": split},
             val=val, num_val=len(val.dataset) if val is not None else 0,
         )

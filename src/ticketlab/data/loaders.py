@@ -1,19 +1,30 @@
-"""Batch iterators.
+"""Batch iterators that a checkpoint can stop and restart anywhere inside an epoch.
 
-:class:`TensorLoader` serves datasets that fit in memory: the whole uint8 image tensor lives on the
-training device and each batch is an index into it, normalized and (optionally) augmented on the
-device, with no per-sample Python work. Its shuffling and augmentation draw from one CPU
-``torch.Generator`` whose state is part of the run checkpoint, so a resumed run sees the same batches.
+Both training loaders split an epoch into two calls, so that the training loop can save where it
+is and continue exactly there (:mod:`ticketlab.loop`):
+
+* :meth:`new_order` draws the epoch's :class:`EpochOrder` (the permutation, and a seed for
+  per-sample augmentation) from the loader's CPU ``torch.Generator``;
+* :meth:`batches` yields the batches of that order from a given batch index on.
+
+Iterating a loader (``for x, y in loader``) does both. :class:`TensorLoader` serves datasets that
+fit in memory: the whole uint8 image tensor lives on the training device and each batch is an
+index into it, normalized and (optionally) augmented on the device, with no per-sample Python
+work; augmentation draws from the same generator, whose state the checkpoint saves.
+:class:`StreamLoader` serves folder datasets through a ``DataLoader`` with workers; each sample is
+augmented under its own seed (epoch seed + position), so the batches do not depend on the number
+of workers and a resumed epoch sees the same images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 @dataclass
@@ -42,6 +53,28 @@ class DataBundle:
     info: dict[str, Any] = field(default_factory=dict)
     val: Any = None
     num_val: int = 0
+
+
+@dataclass
+class EpochOrder:
+    """The random choices of one training epoch, enough to replay it from any batch.
+
+    Attributes:
+        perm: ``(N,)`` int64 permutation of the training examples (CPU), or ``None`` (no shuffle).
+        seed: per-epoch seed of sample-wise augmentation (:class:`StreamLoader`; 0 otherwise).
+    """
+
+    perm: Tensor | None
+    seed: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """For the checkpoint."""
+        return {"perm": self.perm, "seed": self.seed}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochOrder:
+        """Inverse of :meth:`state_dict`."""
+        return cls(state["perm"], int(state["seed"]))
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,13 +149,109 @@ class TensorLoader:
     def __len__(self) -> int:
         return (len(self.labels) + self.batch_size - 1) // self.batch_size
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def new_order(self) -> EpochOrder:
+        """Draw the next epoch's permutation (from the generator) when shuffling."""
+        return EpochOrder(torch.randperm(len(self.labels), generator=self.generator) if self.shuffle else None)
+
+    def batches(self, order: EpochOrder, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of ``order`` from batch index ``start`` on (augmentation draws from the generator)."""
         n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator).to(self.images.device) if self.shuffle else None
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
+        perm = order.perm.to(self.images.device) if order.perm is not None else None
+        for first in range(start * self.batch_size, n, self.batch_size):
+            idx = perm[first:first + self.batch_size] if perm is not None else slice(first, first + self.batch_size)
             x = self.images[idx]
             if self.augment_pad:
                 x = random_crop_flip(x, self.augment_pad, self.generator)
             x = (x.float() * self.scale - self.mean) / self.std
             yield x, self.labels[idx]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        yield from self.batches(self.new_order())
+
+
+class SeededSamples(Dataset):
+    """Samples of a map-style dataset, each transformed under its own seed.
+
+    ``dataset[(j, seed)]`` loads sample ``indices[j]`` of ``base`` (an ``(image, label)`` dataset
+    without transform, e.g. torchvision's ``ImageFolder``) and applies ``transform`` with torch's
+    global RNG seeded by ``seed`` inside :func:`torch.random.fork_rng`, so torchvision's random
+    transforms give the same result in any worker process, with any number of workers, before and
+    after a resume. ``dataset[j]`` applies the transform without seeding (evaluation).
+
+    Args:
+        base: the dataset; ``base[i]`` is ``(PIL image, label)``.
+        indices: which of ``base``'s samples this dataset holds (a subset), in order.
+        transform: image transform (PIL -> ``(C, H, W)`` float tensor).
+    """
+
+    def __init__(self, base: Dataset, indices: list[int], transform: Callable) -> None:
+        self.base, self.indices, self.transform = base, list(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
+        j, seed = key if isinstance(key, tuple) else (key, None)
+        image, label = self.base[self.indices[j]]
+        if seed is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+
+class _KeySampler(Sampler):
+    """Yields the keys set for the current epoch (the training loop sets them before iterating)."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int]] = []
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class StreamLoader:
+    """Training batches from a folder dataset through a ``DataLoader`` with workers, resumable.
+
+    Each epoch's permutation and augmentation seed come from ``generator``
+    (:meth:`new_order`); sample ``j`` of the epoch is transformed under seed ``order.seed + j``
+    (:class:`SeededSamples`), so the batch contents depend neither on the number of workers nor
+    on where the epoch was resumed.
+
+    Args:
+        dataset: a :class:`SeededSamples`.
+        batch_size: images per batch (the last batch may be smaller).
+        generator: CPU generator of the permutations and seeds (checkpointed).
+        num_workers, pin_memory: passed to the ``DataLoader`` (workers persist across epochs).
+
+    Yields:
+        ``(x: float32 (B, C, H, W), y: int64 (B,))`` on the CPU.
+    """
+
+    def __init__(self, dataset: SeededSamples, batch_size: int, generator: torch.Generator, num_workers: int = 0,
+                 pin_memory: bool = False) -> None:
+        self.dataset, self.batch_size, self.generator = dataset, batch_size, generator
+        self.sampler = _KeySampler()
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
+                                 pin_memory=pin_memory, persistent_workers=num_workers > 0)
+
+    def __len__(self) -> int:
+        return (len(self.dataset) + self.batch_size - 1) // self.batch_size
+
+    def new_order(self) -> EpochOrder:
+        """Draw the next epoch's permutation and augmentation seed from the generator."""
+        perm = torch.randperm(len(self.dataset), generator=self.generator)
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        return EpochOrder(perm, seed)
+
+    def batches(self, order: EpochOrder, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of ``order`` from batch index ``start`` on."""
+        first = start * self.batch_size
+        self.sampler.keys = [(int(i), order.seed + j) for j, i in enumerate(order.perm.tolist()) if j >= first]
+        yield from self.loader
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        yield from self.batches(self.new_order())

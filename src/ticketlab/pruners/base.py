@@ -5,18 +5,28 @@ ConfigStore as ``/schema/pruner/<name>``) and a :class:`Pruner` subclass, both r
 :func:`register_pruner`. The runner calls, in order:
 
 1. :meth:`Pruner.densities` -- per-layer densities, for density-scaled initializations;
-2. :meth:`Pruner.prepare` -- after weight init, before the optimizer: attach masks, freeze
-   weights, initialize scores, compute a mask from data, ...;
-3. :meth:`Pruner.trainable_parameters` -- what the optimizer (and its weight decay) updates;
-4. :meth:`Pruner.on_step_end` / :meth:`Pruner.on_epoch_end` during training (they receive the
-   :class:`~ticketlab.loop.Trainer`: model, counters, last batch, optimizer, scheduler);
-5. :meth:`Pruner.state_dict` / :meth:`Pruner.load_state_dict` -- method state for checkpoints;
-6. :meth:`Pruner.summary` -- method facts for ``summary.json``.
+2. :meth:`Pruner.attach` -- after weight init: attach masks, freeze weights, initialize scores.
+   Structure and deterministic values only: it runs again when a run resumes, before the
+   checkpoint is loaded over it;
+3. :meth:`Pruner.check` -- data-dependent validation (raises
+   :class:`~ticketlab.errors.ConfigError`) and warnings, before anything is written;
+4. :meth:`Pruner.initialize` -- fresh runs only: compute the starting mask (scores from data,
+   random walks, a previous IMP level's mask);
+5. :meth:`Pruner.phases` -- training phases before the main one (:class:`~ticketlab.phases.Phase`);
+6. :meth:`Pruner.begin_main` and :meth:`Pruner.trainable_parameters` -- when the main training
+   begins (or resumes): what the optimizer (and its weight decay) updates;
+7. :meth:`Pruner.on_step_end` / :meth:`Pruner.on_epoch_end` during the main training; they
+   receive a :class:`~ticketlab.phases.TrainState` (model, optimizer, scheduler, counters, last
+   batch), never the loop;
+8. :meth:`Pruner.state_dict` / :meth:`Pruner.load_state_dict` -- method state for checkpoints;
+9. :meth:`Pruner.summary` -- method facts for ``summary.json``.
+
+:meth:`Pruner.prepare` (attach + initialize) prunes a model outside the runner.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,7 +35,9 @@ from torch import nn
 
 from ..config import InitConfig, store_schema
 from ..errors import check_range
+from ..phases import Phase, TrainState
 from ..registry import Registry
+from ..signals import NoStop, StopRequest
 
 
 @dataclass
@@ -54,6 +66,10 @@ class PruneContext:
         device: training device.
         data: the :class:`~ticketlab.data.DataBundle` (data-dependent methods).
         epochs: ``trainer.epochs`` (for schedules over the run).
+        stop: the run's stop flag; long computations call ``ctx.stop.check(where)`` at safe points.
+        run_dir: the run folder (``None`` outside the runner).
+        stage: the stage of a multi-stage run (:class:`ticketlab.stages.StageContext`), else ``None``.
+        limit_train_batches: ``trainer.limit_train_batches`` (batches per epoch, ``None`` = all).
     """
 
     seed: int
@@ -61,6 +77,18 @@ class PruneContext:
     device: torch.device
     data: Any = None
     epochs: int = 0
+    stop: StopRequest = field(default_factory=NoStop)
+    run_dir: Any = None
+    stage: Any = None
+    limit_train_batches: int | None = None
+
+    @property
+    def batches_per_epoch(self) -> int | None:
+        """Training batches per epoch (``None`` without data)."""
+        if self.data is None:
+            return None
+        n = len(self.data.train)
+        return min(n, self.limit_train_batches) if self.limit_train_batches else n
 
     @property
     def score_seed(self) -> int:
@@ -82,19 +110,48 @@ class Pruner:
         """``{layer name: density}`` this method will give each prunable layer (default: none)."""
         return {}
 
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Attach masks, freeze tensors, set deterministic initial values (default: nothing).
+
+        Runs for fresh and resumed runs alike, so it must not depend on anything but the config
+        and the (re-initialized) model: a resumed run loads its checkpoint over the result.
+        """
+
+    def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
+        """Validate against the built model and data; return warnings for degenerate settings.
+
+        Runs after :meth:`attach`, before anything is written to the run folder.
+
+        Raises:
+            ConfigError: a setting that cannot work with this model or data.
+        """
+        return []
+
+    def initialize(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Fresh runs only, after :meth:`attach`: compute the starting mask (default: nothing)."""
+
     def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
-        """Attach masks / freeze tensors before training (default: nothing)."""
+        """:meth:`attach` then :meth:`initialize`: prune ``model`` outside the runner."""
+        self.attach(model, ctx)
+        self.initialize(model, ctx)
+
+    def phases(self, ctx: PruneContext) -> list[Phase]:
+        """Training phases that run before the main training (default: none)."""
+        return []
+
+    def begin_main(self, state: TrainState, resumed: bool) -> None:
+        """The main training begins (``resumed``: it continues from a checkpoint; change no value then)."""
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Parameters the optimizer updates (default: every parameter with ``requires_grad``)."""
         return [p for p in model.parameters() if p.requires_grad]
 
-    def on_step_end(self, trainer: Any) -> None:
-        """Called after every optimizer step; ``trainer.step`` counts completed steps from 1."""
+    def on_step_end(self, state: TrainState) -> None:
+        """Called after every optimizer step of the main training; ``state.step`` counts it (from 1)."""
 
-    def on_epoch_end(self, trainer: Any) -> None:
-        """Called after every training epoch, before the LR scheduler steps and before evaluation;
-        ``trainer.epoch`` is the number of completed epochs (from 1)."""
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Called after every main training epoch, before the LR scheduler steps and before evaluation;
+        ``state.epoch`` is the number of completed epochs (from 1)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Method state to checkpoint (counters, RNG states...); default empty."""

@@ -69,8 +69,17 @@ class Biprop(EdgePopup):
     cfg: BipropConfig
     mask_class = BipropMask
 
-    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         """Edge-popup set-up with :class:`BipropMask`; binarise activations for MPT-1/1."""
-        super().prepare(model, ctx)
+        super().attach(model, ctx)
         if self.cfg.binary_activations:
             binarize_activations(model)
+
+    def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
+        """Warn when constant-magnitude weights make biprop identical to edge-popup."""
+        warnings = super().check(model, ctx)
+        if ctx.init.name in ("signed_constant", "unsigned_constant"):
+            warnings.append(f"pruner=biprop with init={ctx.init.name}: every kept weight of a layer already has the "
+                            "same magnitude, so alpha * sign(W) = W and biprop is edge-popup; the paper uses "
+                            "init=kaiming_normal init.scale_fan=true.")
+        return warnings

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import check_choice, check_range
 from ..masks import FixedMask, attach, select_layers
+from ..phases import TrainState
 from .base import PruneContext, Pruner, PrunerConfig, register_pruner
 from .pai import allocate
 
@@ -76,24 +77,22 @@ class Dissipating(Pruner):
         self.start_density = 1.0
         self.history: list[float] = []
 
-    def start_masks(self, model: nn.Module, layers: list[tuple[str, nn.Module]], ctx: PruneContext
-                    ) -> list[torch.Tensor]:
-        """Masks training starts from (dense here; K-starts overrides)."""
-        return [torch.ones_like(layer.weight, dtype=torch.bool) for _, layer in layers]
-
-    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
-        """Attach the starting masks and remember ``theta_0``."""
-        layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
-        start = self.start_masks(model, layers, ctx)
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Attach all-ones masks to the selected layers (training starts dense, or from K-starts' winner)."""
+        self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
         self.masks = []
-        for (_, layer), m in zip(layers, start, strict=True):
-            fm = FixedMask(m)
+        for _, layer in self.layers:
+            fm = FixedMask(torch.ones_like(layer.weight, dtype=torch.bool))
             attach(layer, "weight", fm)
             self.masks.append(fm)
-        self.weights = [layer.parametrizations.weight.original for _, layer in layers]
-        self.theta0 = [w.detach().clone() for w in self.weights]
-        total = sum(m.numel() for m in start)
-        self.start_density = sum(int(m.sum()) for m in start) / total
+        self.weights = [layer.parametrizations.weight.original for _, layer in self.layers]
+
+    def begin_main(self, state: TrainState, resumed: bool) -> None:
+        """(Fresh) remember ``theta_0`` and the starting density."""
+        if not resumed:
+            self.theta0 = [w.detach().clone() for w in self.weights]
+            total = sum(fm.mask.numel() for fm in self.masks)
+            self.start_density = sum(int(fm.mask.sum()) for fm in self.masks) / total
 
     def density_after(self, epoch: int) -> float:
         """Scheduled density after ``epoch`` (1-based) completed epochs."""
@@ -102,11 +101,11 @@ class Dissipating(Pruner):
         return self.start_density - (self.start_density - target) * frac
 
     @torch.no_grad()
-    def on_epoch_end(self, trainer: Any) -> None:
+    def on_epoch_end(self, state: TrainState) -> None:
         """During the first ``epochs_to_prune`` epochs: remove the least-moved kept weights."""
-        if trainer.epoch > self.cfg.epochs_to_prune or not self.masks:
+        if state.epoch > self.cfg.epochs_to_prune or not self.masks:
             return
-        density = self.density_after(trainer.epoch)
+        density = self.density_after(state.epoch)
         scores, relative = [], []
         for w, w0, fm in zip(self.weights, self.theta0, self.masks, strict=True):
             rel = (w - w0).abs() / (w0.abs() + 1e-12)
@@ -128,7 +127,7 @@ class Dissipating(Pruner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
-        self.theta0 = [t.to(w.device) for t, w in zip(state["theta0"], self.weights, strict=True)]
+        self.theta0 = [t.to(w.device) for t, w in zip(state["theta0"], self.weights, strict=False)]
         self.history, self.start_density = list(state["history"]), state["start_density"]
 
     def summary(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from torch import nn
 from ..errors import ConfigError, check_choice, check_range
 from ..init import SCORE_INITS, fans, init_scores
 from ..masks import ScoreMask, attach_score_masks, prunable_layers, score_groups, select_layers, underlying
+from ..phases import TrainState
 from .base import PruneContext, Pruner, PrunerConfig, register_pruner
 
 
@@ -110,21 +111,14 @@ class EdgePopup(Pruner):
         factor = (target / start) ** (1.0 / self.cfg.anneal_levels)
         return 1.0 - (target if level == self.cfg.anneal_levels - 1 else start * factor ** (level + 1))
 
-    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
-        """Freeze every parameter, attach score masks, initialize the scores (seed ``ctx.score_seed``).
-
-        Raises:
-            ConfigError: more annealing levels than epochs.
-        """
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Freeze every parameter, attach score masks, initialize the scores (seed ``ctx.score_seed``)."""
         for p in model.parameters():
             p.requires_grad_(False)
         index = {id(layer): i for i, (_, layer) in enumerate(prunable_layers(model))}
         layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
         sparsity = self.cfg.sparsity
         if self.cfg.anneal_levels:
-            if ctx.epochs < self.cfg.anneal_levels:
-                raise ConfigError(f"pruner.anneal_levels={self.cfg.anneal_levels} needs at least as many epochs; "
-                                  f"trainer.epochs={ctx.epochs}.")
             n = self.cfg.anneal_levels
             self.level_ends = [round((j + 1) * ctx.epochs / n) for j in range(n)]
             sparsity = self.level_sparsity(0)
@@ -142,27 +136,42 @@ class EdgePopup(Pruner):
                     m.weight.requires_grad_(True)
                     m.bias.requires_grad_(True)
 
+    def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
+        """Annealing needs at least one epoch per level.
+
+        Raises:
+            ConfigError: more annealing levels than epochs.
+        """
+        if self.cfg.anneal_levels and ctx.epochs < self.cfg.anneal_levels:
+            raise ConfigError(f"pruner.anneal_levels={self.cfg.anneal_levels} needs at least as many epochs; "
+                              f"trainer.epochs={ctx.epochs}.")
+        return []
+
+    def current_sparsity(self) -> float:
+        """The sparsity in force: the annealing level's, or the target."""
+        return self.level_sparsity(self.level) if self.cfg.anneal_levels else self.cfg.sparsity
+
     # ----------------------------------------------------------------- hooks
-    def on_step_end(self, trainer: Any) -> None:
+    def on_step_end(self, state: TrainState) -> None:
         """Clamp scores to >= 0 when ``clamp_scores``."""
         if self.cfg.clamp_scores:
             with torch.no_grad():
                 for m in self.masks:
                     m.scores.clamp_(min=0)
 
-    def on_epoch_end(self, trainer: Any) -> None:
+    def on_epoch_end(self, state: TrainState) -> None:
         """Advance the annealing level; fit the output scale (scaled edge-popup)."""
         if self.cfg.anneal_levels and self.level < self.cfg.anneal_levels - 1 \
-                and trainer.epoch >= self.level_ends[self.level]:
+                and state.epoch >= self.level_ends[self.level]:
             self.level += 1
             for unit in score_groups(self.masks):
                 unit.set_sparsity(self.level_sparsity(self.level))
-        if self.cfg.scaling and trainer.last_batch is not None:
-            self._rescale(trainer)
+        if self.cfg.scaling and state.batch is not None:
+            self._rescale(state)
 
-    def _rescale(self, trainer: Any) -> None:
-        x, y = trainer.last_batch
-        model = trainer.model
+    def _rescale(self, state: TrainState) -> None:
+        x, y = state.batch
+        model = state.model
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -184,7 +193,7 @@ class EdgePopup(Pruner):
                 underlying(layer, "weight").mul_(scale ** (1.0 / n))
                 if getattr(layer, "bias", None) is not None:
                     underlying(layer, "bias").mul_(scale ** (i / n))
-        trainer.scheduler.base_lrs = [lr / scale for lr in trainer.scheduler.base_lrs]
+        state.scale_lr(1.0 / scale)
         self.scale *= scale
 
     # ----------------------------------------------------------------- state

@@ -14,9 +14,11 @@ the perturbed weights, which are then frozen. No public code exists; the protoco
 
 Phase A lasts ``phase_a_epochs`` epochs, or ``phase_a_steps`` optimizer steps when that is > 0,
 before (and in addition to) ``trainer.epochs`` of phase B, with its own SGD (``phase_a_lr``,
-momentum 0.9, no weight decay). ``perturbation=random`` is the control: the same per-layer
-perturbation size (l2 norm of the projected-SGD result) in a uniformly random direction,
-projected onto the same set.
+momentum 0.9, no weight decay). It is a :class:`~ticketlab.phases.Phase` named ``perturb``, run by
+the training loop like any training (checkpoints, signals, the non-finite check), through the
+score masks held at density 1 (an exact identity: ``W * 1``). ``perturbation=random`` is the
+control: the same per-layer perturbation size (l2 norm of the projected-SGD result) in a
+uniformly random direction, projected onto the same set.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_choice, check_range
+from ..errors import check_choice, check_range
 from ..init import layer_generator, weight_std
-from ..masks import prunable_layers
+from ..masks import prunable_layers, score_groups, underlying
+from ..phases import Phase, TrainState
 from .base import PruneContext, register_pruner
 from .edge_popup import EdgePopup, EdgePopupConfig
 
@@ -100,65 +103,58 @@ class EpsPerturbation(EdgePopup):
         self.perturbation_stats: dict[str, dict[str, float]] = {}
         self.phase_a_steps_done = 0
 
-    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
-        """Run phase A on the prunable weights, then set up edge-popup on the perturbed weights.
-
-        Raises:
-            ConfigError: phase A needs training data.
-        """
-        if ctx.data is None:
-            raise ConfigError("pruner=eps_perturbation needs training data for its projected-SGD phase.")
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Remember ``W0`` and each layer's init std, then set up edge-popup (scores, frozen weights)."""
         layers = prunable_layers(model)
         densities = self.densities(model)
-        stds = {name: weight_std(tuple(layer.weight.shape), ctx.init, densities.get(name, 1.0))
-                for name, layer in layers}
-        w0 = {name: layer.weight.detach().clone() for name, layer in layers}
-        for p in model.parameters():
-            p.requires_grad_(False)
-        weights = [layer.weight for _, layer in layers]
-        for w in weights:
-            w.requires_grad_(True)
-        if self.cfg.eps > 0:
-            self._projected_sgd(model, ctx, layers, w0, stds, weights)
-        with torch.no_grad():
-            if self.cfg.perturbation == "random":
-                for i, (name, layer) in enumerate(layers):
-                    size = float((layer.weight - w0[name]).norm())
-                    direction = torch.randn(tuple(w0[name].shape), generator=layer_generator(ctx.seed, i, "eps"))
-                    direction = direction.to(w0[name].device) / direction.norm()
-                    layer.weight.copy_(project(w0[name] + size * direction, w0[name], self.cfg.eps, self.cfg.norm,
-                                               self.cfg.eps_scale, stds[name]))
-            for name, layer in layers:
-                delta = layer.weight - w0[name]
-                self.perturbation_stats[name] = {
-                    "linf": float(delta.abs().max()),
-                    "l2": float(delta.norm()),
-                    "l2_relative": float(delta.norm() / w0[name].norm()),
-                }
-        self.phase = "B"
-        super().prepare(model, ctx)  # freezes everything, attaches score masks
+        self.stds = {name: weight_std(tuple(layer.weight.shape), ctx.init, densities.get(name, 1.0))
+                     for name, layer in layers}
+        self.w0 = {name: layer.weight.detach().clone() for name, layer in layers}
+        self.seed = ctx.seed
+        super().attach(model, ctx)
+        self.layers = prunable_layers(model)
 
-    def _projected_sgd(self, model, ctx, layers, w0, stds, weights) -> None:
-        opt = torch.optim.SGD(weights, lr=self.cfg.phase_a_lr, momentum=0.9)
-        loss_fn = nn.CrossEntropyLoss()
-        model.train()
-        limit = self.cfg.phase_a_steps
-        epochs = self.cfg.phase_a_epochs if limit == 0 else math.inf
-        epoch = 0
-        while epoch < epochs and (limit == 0 or self.phase_a_steps_done < limit):
-            for x, y in ctx.data.train:
-                x, y = x.to(ctx.device), y.to(ctx.device)
-                opt.zero_grad(set_to_none=True)
-                loss_fn(model(x), y).backward()
-                opt.step()
-                with torch.no_grad():
-                    for name, layer in layers:
-                        layer.weight.copy_(project(layer.weight, w0[name], self.cfg.eps, self.cfg.norm,
-                                                   self.cfg.eps_scale, stds[name]))
-                self.phase_a_steps_done += 1
-                if limit and self.phase_a_steps_done >= limit:
-                    break
-            epoch += 1
+    def phases(self, ctx: PruneContext) -> list[Phase]:
+        """Phase A (projected SGD), unless ``eps`` is 0."""
+        if self.cfg.eps <= 0:
+            return []
+        return [_ProjectedSGD(self, ctx)]
+
+    def originals(self) -> list[tuple[str, torch.Tensor]]:
+        """``(layer name, unmasked weight)`` of every prunable layer."""
+        return [(name, underlying(layer, "weight")) for name, layer in self.layers]
+
+    @torch.no_grad()
+    def project_all(self) -> None:
+        """Project every prunable weight onto its epsilon-set around ``W0``."""
+        for name, w in self.originals():
+            w.copy_(project(w, self.w0[name], self.cfg.eps, self.cfg.norm, self.cfg.eps_scale, self.stds[name]))
+
+    def begin_main(self, state: TrainState, resumed: bool) -> None:
+        """Phase B: (fresh) the random control and the perturbation record; freeze the weights, train the scores."""
+        if not resumed:
+            with torch.no_grad():
+                if self.cfg.perturbation == "random":
+                    for i, (name, w) in enumerate(self.originals()):
+                        size = float((w - self.w0[name]).norm())
+                        direction = torch.randn(tuple(w.shape), generator=layer_generator(self.seed, i, "eps"))
+                        direction = direction.to(w.device) / direction.norm()
+                        w.copy_(project(self.w0[name] + size * direction, self.w0[name], self.cfg.eps, self.cfg.norm,
+                                        self.cfg.eps_scale, self.stds[name]))
+                for name, w in self.originals():
+                    delta = w - self.w0[name]
+                    self.perturbation_stats[name] = {
+                        "linf": float(delta.abs().max()),
+                        "l2": float(delta.norm()),
+                        "l2_relative": float(delta.norm() / self.w0[name].norm()),
+                    }
+        self.phase = "B"
+        for _, w in self.originals():
+            w.requires_grad_(False)
+        for m in self.masks:
+            m.scores.requires_grad_(True)
+        for unit in score_groups(self.masks):
+            unit.set_sparsity(self.current_sparsity())
 
     def state_dict(self) -> dict[str, Any]:
         """Edge-popup state plus the phase and the perturbation record."""
@@ -175,3 +171,36 @@ class EpsPerturbation(EdgePopup):
         """Phase-A steps and the per-layer perturbation sizes."""
         return {**super().summary(), "phase_a_steps": self.phase_a_steps_done,
                 "perturbation": self.perturbation_stats}
+
+
+class _ProjectedSGD(Phase):
+    """Phase A: SGD (momentum 0.9) on the prunable weights, each step projected onto the epsilon-set."""
+
+    name = "perturb"
+
+    def __init__(self, pruner: EpsPerturbation, ctx: PruneContext) -> None:
+        self.pruner = pruner
+        steps = pruner.cfg.phase_a_steps
+        if steps > 0:
+            per_epoch = max(ctx.batches_per_epoch or 1, 1)
+            self.epochs, self.max_steps = math.ceil(steps / per_epoch), steps
+        else:
+            self.epochs = pruner.cfg.phase_a_epochs
+
+    def begin(self, state: TrainState, resumed: bool) -> torch.optim.Optimizer:
+        """Score masks at density 1 with frozen scores; the weights train."""
+        p = self.pruner
+        p.phase = "A"
+        for unit in score_groups(p.masks):
+            unit.set_sparsity(0.0)
+        for m in p.masks:
+            m.scores.requires_grad_(False)
+        weights = [w for _, w in p.originals()]
+        for w in weights:
+            w.requires_grad_(True)
+        return torch.optim.SGD(weights, lr=p.cfg.phase_a_lr, momentum=0.9)
+
+    def on_step_end(self, state: TrainState) -> None:
+        """Project, count the step."""
+        self.pruner.project_all()
+        self.pruner.phase_a_steps_done += 1

@@ -3,6 +3,7 @@
 Any TicketLab run writes ``masks.pt`` (``{"masks": {"<layer>.weight": bool tensor}, ...}``); the names
 and shapes must match this run's model (checked before training). Works for masks from strong-ticket
 runs too (the weights are then trained, e.g. to compare a found ticket with its retrained version).
+Prunable layers the file does not mention stay dense (the run warns).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Any
 
 import torch
 from omegaconf import MISSING
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..masks import attach_fixed_masks
+from ..masks import attach_fixed_masks, prunable_layers
 from .base import PruneContext, Pruner, PrunerConfig, register_pruner
 
 
@@ -33,6 +34,55 @@ class FromFileConfig(PrunerConfig):
     path: str = MISSING
 
 
+def read_masks(path: Path, key: str = "pruner.path") -> dict[str, Tensor]:
+    """The masks in a run folder's ``masks.pt`` (or in the given file), checked.
+
+    Args:
+        path: a run folder or a ``masks.pt`` file.
+        key: the config key that named it (for the messages).
+
+    Returns:
+        ``{"<layer>.<weight|bias>": bool tensor}``, at least one entry.
+
+    Raises:
+        ConfigError: naming the file and what was expected, when the file is missing, unreadable
+            (truncated, not a torch file), a training checkpoint, not TicketLab's
+            ``{"masks": {name: tensor}}`` layout, empty, or holds non-binary values.
+    """
+    given = path
+    path = path / "masks.pt" if path.is_dir() else path
+    expected = 'a masks file written by a TicketLab run: {"masks": {"<layer>.weight": bool tensor, ...}, ...}'
+    if not path.exists():
+        raise ConfigError(f"{key}={str(given)!r}: no masks.pt there (every run writes one in its run folder).")
+    try:
+        blob = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:
+        hint = " It looks like a training checkpoint; pass the run folder or its masks.pt." \
+            if path.suffix == ".ckpt" else ""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"{key}={str(given)!r}: {path} cannot be read as {expected} ({type(e).__name__}: "
+                          f"{first[:200]}).{hint}") from e
+    if isinstance(blob, dict) and "optimizer" in blob and "model" in blob:
+        raise ConfigError(f"{key}={str(given)!r}: {path} is a training checkpoint, not a masks file; pass the run "
+                          "folder or its masks.pt.")
+    if not isinstance(blob, dict) or not isinstance(blob.get("masks"), dict):
+        raise ConfigError(f"{key}={str(given)!r}: {path} holds a {type(blob).__name__}"
+                          f"{' without a masks entry' if isinstance(blob, dict) else ''}; expected {expected}.")
+    masks = blob["masks"]
+    if not masks:
+        raise ConfigError(f"{key}={str(given)!r}: {path} holds no mask at all (an empty dict would train dense); "
+                          f"expected {expected}.")
+    out = {}
+    for name, m in masks.items():
+        if not isinstance(m, Tensor):
+            raise ConfigError(f"{key}={str(given)!r}: entry {name!r} of {path} is a {type(m).__name__}, "
+                              "not a tensor.")
+        if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
+            raise ConfigError(f"{key}={str(given)!r}: entry {name!r} of {path} holds values other than 0 and 1.")
+        out[str(name)] = m.bool()
+    return out
+
+
 @register_pruner("from_file", FromFileConfig)
 class FromFile(Pruner):
     """Apply a saved mask."""
@@ -40,31 +90,29 @@ class FromFile(Pruner):
     cfg: FromFileConfig
 
     def load(self) -> dict[str, torch.Tensor]:
-        """The masks in ``cfg.path``.
+        """The masks in ``cfg.path`` (see :func:`read_masks`).
 
         Raises:
-            ConfigError: missing or unreadable file.
+            ConfigError: a missing, unreadable or malformed file.
         """
-        path = Path(self.cfg.path)
-        path = path / "masks.pt" if path.is_dir() else path
-        if not path.exists():
-            raise ConfigError(f"pruner.path={self.cfg.path!r}: no masks.pt there (every run writes one in its "
-                              "run folder).")
-        blob = torch.load(path, weights_only=False, map_location="cpu")
-        return blob["masks"] if isinstance(blob, dict) and "masks" in blob else blob
+        return read_masks(Path(self.cfg.path))
 
-    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         """Attach the saved masks as fixed masks (weights stay trainable).
 
         Raises:
-            ConfigError: a layer name or shape that does not match the model.
+            ConfigError: a bad file, or a layer name or shape that does not match the model.
         """
-        masks = self.load()
-        attach_fixed_masks(model, {k: v.bool() for k, v in masks.items()})
+        self.masks = self.load()
+        attach_fixed_masks(model, self.masks)
+
+    def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
+        """Warn about prunable layers the file leaves dense."""
+        missing = [f"{name}.weight" for name, _ in prunable_layers(model) if f"{name}.weight" not in self.masks]
+        if missing:
+            return [f"pruner.path={self.cfg.path!r} has no mask for {', '.join(missing)}; those layers stay dense."]
+        return []
 
     def summary(self) -> dict[str, Any]:
         """Where the mask came from."""
         return {"mask_file": self.cfg.path}
-
-
-

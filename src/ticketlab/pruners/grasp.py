@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import check_choice
+from ..errors import check_choice, check_range
 from .base import PruneContext, register_pruner
 from .pai import ScorePruner, ScorePrunerConfig
 
@@ -36,6 +36,7 @@ class GraspConfig(ScorePrunerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("pruner.sign", self.sign, ("paper", "abs"))
+        check_range("pruner.temperature", self.temperature, 0.0, float("inf"), lo_open=True)
 
 
 @register_pruner("grasp", GraspConfig)

@@ -8,10 +8,11 @@ buffer to the saved state of optimizer step ``rewind_step`` (0 = the initializat
 kept weights with the normal loop. After ``L`` levels the density is ``0.8^L`` (exactly: each level keeps
 ``num_kept(R, rate)`` of the ``R`` remaining weights).
 
-Every level is a stage with its own run folder ``<run>/level_<LL>/`` (metrics, summary, checkpoint,
-mask). A stage whose ``summary.json`` says ``completed`` is skipped, so re-running the same command
-continues an interrupted IMP run at the first unfinished level. ``<run>/summary.json`` lists every
-level; its top-level numbers are the last level's.
+The levels are stages of one run (:mod:`ticketlab.stages`): each has its own folder
+``<run>/level_<LL>/``, its own identity and W&B run, and is skipped once completed, so the same
+command continues an interrupted IMP run inside the level it was training. This module is one
+level: it applies the previous level's mask after rewinding, saves the rewind point (level 0) and
+computes the next level's mask (``next_mask.pt``) when its training ends.
 
 Rewinding restores the weights (and BN statistics) of step ``rewind_step``; the learning-rate schedule
 and data order restart from the beginning of each level (open_lth instead continues them from step k:
@@ -20,20 +21,22 @@ and data order restart from the beginning of each level (open_lth instead contin
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..errors import ConfigError, check_range
-from ..masks import FixedMask, attach, num_kept, select_layers, topk_mask
-from ..results import atomic_torch_save, atomic_write_json
+from ..masks import FixedMask, attach, load_plain_state_dict, num_kept, plain_state_dict, select_layers, topk_mask
+from ..phases import TrainState
+from ..results import atomic_torch_save
 from .base import PruneContext, Pruner, PrunerConfig, register_pruner
+
+REWIND_FILE = "rewind.pt"
+NEXT_MASK_FILE = "next_mask.pt"
 
 
 @dataclass
@@ -48,7 +51,6 @@ class ImpConfig(PrunerConfig):
         rewind_step: optimizer step whose weights every level rewinds to (0 = initialization).
         first_layer_dense, last_layer_dense: exclude the input / output layer (open_lth excludes
             LeNet's and VGG's output layer).
-        level, root: set by the stage runner (which level this stage is, and the IMP run folder).
     """
 
     name: str = "imp"
@@ -58,8 +60,6 @@ class ImpConfig(PrunerConfig):
     rewind_step: int = 0
     first_layer_dense: bool = False
     last_layer_dense: bool = False
-    level: int = 0
-    root: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,95 +80,88 @@ class ImpConfig(PrunerConfig):
 
 @register_pruner("imp", ImpConfig)
 class Imp(Pruner):
-    """One IMP level (a stage); :meth:`run_stages` runs the levels."""
+    """One IMP level (a stage of the IMP run; :mod:`ticketlab.stages` runs the levels)."""
 
     cfg: ImpConfig
 
-    @classmethod
-    def run_stages(cls, cfg: DictConfig, run_dir: Path, run_one) -> dict[str, Any]:
-        """Run levels ``0..L`` as stages under ``run_dir``, skipping completed ones.
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
+        """All-ones masks on the selected layers (the level's mask is set by :meth:`initialize`)."""
+        self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
+        self.masks = []
+        for _, layer in self.layers:
+            fm = FixedMask(torch.ones_like(layer.weight, dtype=torch.bool))
+            attach(layer, "weight", fm)
+            self.masks.append(fm)
+        self.ctx = ctx
 
-        Args:
-            cfg: the composed config (``pruner=imp``).
-            run_dir: the IMP run folder.
-            run_one: ``run_one(stage_cfg, stage_dir) -> summary`` (:func:`ticketlab.run.run_single`).
+    @property
+    def level(self) -> int:
+        """This stage's level (0 outside the stage runner)."""
+        return self.ctx.stage.index if self.ctx.stage is not None else 0
 
-        Returns:
-            The IMP summary (``levels``: one entry per level; top level: the last level's numbers).
-        """
-        icfg: ImpConfig = OmegaConf.to_object(cfg.pruner)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        levels = []
-        for level in range(icfg.n_levels + 1):
-            stage_dir = run_dir / f"level_{level:02d}"
-            done = stage_dir / "summary.json"
-            if done.exists():
-                summary = json.loads(done.read_text())
-                if summary.get("status") == "completed":
-                    levels.append(summary)
-                    continue
-            stage_cfg = cfg.copy()
-            OmegaConf.update(stage_cfg, "pruner.level", level, merge=False)
-            OmegaConf.update(stage_cfg, "pruner.root", str(run_dir), merge=False)
-            levels.append(run_one(stage_cfg, stage_dir))
-        keys = ("status", "test_acc", "best_test_acc", "sparsity", "density", "params_remaining", "wall_s",
-                "effective_sparsity")
-        summary = {**levels[-1], "run_dir": str(run_dir), "imp_levels": len(levels) - 1,
-                   "wall_s": sum(s["wall_s"] for s in levels),
-                   "levels": [{"level": i, **{k: s.get(k) for k in keys}} for i, s in enumerate(levels)]}
-        atomic_write_json(run_dir / "summary.json", summary)
-        return summary
-
-    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
-        """Level 0: save the rewind point (step 0) and train dense. Level L: rewind and apply the mask.
+    def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
+        """Every level trains; the rewind step must be reached in level 0; later levels need their inputs.
 
         Raises:
-            ConfigError: the previous level's mask or the rewind point is missing (run the levels in order).
+            ConfigError: ``trainer.epochs=0``, a ``rewind_step`` beyond level 0's last step, a level > 0
+                outside the stage runner, or a missing rewind point or previous mask.
         """
-        root = Path(self.cfg.root) if self.cfg.root else None
-        self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
-        self.ctx = ctx
-        if self.cfg.level == 0:
-            masks = [torch.ones_like(layer.weight, dtype=torch.bool) for _, layer in self.layers]
-            if root is not None and self.cfg.rewind_step == 0:
-                atomic_torch_save(root / "rewind.pt", model.state_dict())
-        else:
-            if root is None:
-                raise ConfigError("pruner=imp levels > 0 run inside the IMP stage runner (python train.py pruner=imp).")
-            prev = root / f"level_{self.cfg.level - 1:02d}" / "next_mask.pt"
-            rewind = root / "rewind.pt"
-            for f in (prev, rewind):
+        if ctx.epochs < 1:
+            raise ConfigError("pruner=imp trains every level, so trainer.epochs must be >= 1 "
+                              f"(got {ctx.epochs}).")
+        steps = ctx.epochs * (ctx.batches_per_epoch or 0)
+        if self.cfg.rewind_step > steps:
+            raise ConfigError(f"pruner.rewind_step={self.cfg.rewind_step} is never reached: level 0 takes "
+                              f"{steps} optimizer steps (trainer.epochs={ctx.epochs} x {ctx.batches_per_epoch} "
+                              f"batches); allowed: 0 <= pruner.rewind_step <= {steps}.")
+        if self.level > 0:
+            for f in (self._rewind_file(), self._previous_mask_file()):
                 if not f.exists():
-                    raise ConfigError(f"pruner=imp level {self.cfg.level} needs {f}; run the levels in order.")
-            model.load_state_dict(torch.load(rewind, weights_only=False))
-            saved = torch.load(prev, weights_only=False)
-            masks = [saved[f"{name}.weight"].to(layer.weight.device) for name, layer in self.layers]
-        for (_, layer), m in zip(self.layers, masks, strict=True):
-            attach(layer, "weight", FixedMask(m))
+                    raise ConfigError(f"IMP level {self.level} needs {f}, written by the earlier levels; it is "
+                                      "missing (was the IMP run folder edited?). Start the IMP run afresh with "
+                                      "trainer.resume=fresh.")
+        return []
 
-    def on_step_end(self, trainer: Any) -> None:
+    def _rewind_file(self) -> Path:
+        return Path(self.ctx.stage.parent_dir) / REWIND_FILE
+
+    def _previous_mask_file(self) -> Path:
+        return Path(self.ctx.stage.previous_dir) / NEXT_MASK_FILE
+
+    def initialize(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Level 0: save the rewind point at step 0. Level L: rewind, then apply the previous level's mask."""
+        if ctx.stage is None:
+            return
+        if self.level == 0:
+            if self.cfg.rewind_step == 0:
+                atomic_torch_save(self._rewind_file(), plain_state_dict(model))
+            return
+        load_plain_state_dict(model, torch.load(self._rewind_file(), weights_only=True, map_location="cpu"))
+        saved = torch.load(self._previous_mask_file(), weights_only=True, map_location="cpu")
+        with torch.no_grad():
+            for (name, _), fm in zip(self.layers, self.masks, strict=True):
+                fm.mask.copy_(saved[f"{name}.weight"])
+
+    def on_step_end(self, state: TrainState) -> None:
         """Level 0: save the rewind point at ``rewind_step``."""
-        if self.cfg.level == 0 and self.cfg.rewind_step and trainer.step == self.cfg.rewind_step and self.cfg.root:
-            state = {k: v for k, v in trainer.model.state_dict().items() if ".parametrizations." not in k}
-            for name, layer in self.layers:  # store plain layer names, as the dense model has them
-                state[f"{name}.weight"] = layer.parametrizations.weight.original.detach().clone()
-            atomic_torch_save(Path(self.cfg.root) / "rewind.pt", state)
+        if self.level == 0 and self.ctx.stage is not None and self.cfg.rewind_step \
+                and state.step == self.cfg.rewind_step:
+            atomic_torch_save(self._rewind_file(), plain_state_dict(state.model))
 
-    def on_epoch_end(self, trainer: Any) -> None:
+    def on_epoch_end(self, state: TrainState) -> None:
         """After the last epoch: the next level's mask (remove ``rate`` of the kept weights by magnitude)."""
-        if trainer.epoch < trainer.cfg.epochs:
+        if state.epoch < state.epochs or state.run_dir is None:
             return
         trained = [layer.parametrizations.weight.original.detach().abs() for _, layer in self.layers]
-        current = [fm.mask.bool() for _, layer in self.layers for fm in layer.parametrizations.weight
-                   if isinstance(fm, FixedMask)]
+        current = [fm.mask.bool() for fm in self.masks]
         remaining = sum(int(m.sum()) for m in current)
         keep = num_kept(remaining, self.cfg.rate)
         scores = [torch.where(m, w, torch.full_like(w, -1.0)) for w, m in zip(trained, current, strict=True)]
         flat = topk_mask(torch.cat([s.reshape(-1) for s in scores]), keep)  # pruned weights (-1) never return
         nxt = [part.view_as(s) for part, s in zip(flat.split([s.numel() for s in scores]), scores, strict=True)]
-        atomic_torch_save(trainer.run_dir / "next_mask.pt",
+        atomic_torch_save(Path(state.run_dir) / NEXT_MASK_FILE,
                           {f"{name}.weight": m.cpu() for (name, _), m in zip(self.layers, nxt, strict=True)})
 
     def summary(self) -> dict[str, Any]:
         """The level of this stage."""
-        return {"imp_level": self.cfg.level}
+        return {"imp_level": self.level}

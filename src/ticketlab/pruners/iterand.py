@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import check_choice, check_range
 from ..init import WEIGHT_INITS, layer_generator, weight_std
 from ..masks import masked_tensors, topk_mask
+from ..phases import TrainState
 from .base import PruneContext, register_pruner
 from .edge_popup import EdgePopup, EdgePopupConfig
 
@@ -61,6 +62,8 @@ class IteRandConfig(EdgePopupConfig):
         check_range("pruner.rate", self.rate, 0.0, 1.0)
         check_range("pruner.candidate_rate", self.candidate_rate, 0.0, 1.0, lo_open=True)
         check_choice("pruner.mode", self.mode, ("bernoulli", "mix"))
+        check_range("pruner.mix_lambda", self.mix_lambda, 0.0, 1.0)
+        check_range("pruner.mix_mu", self.mix_mu, 0.0, 1.0)
 
 
 @register_pruner("iterand", IteRandConfig)
@@ -69,20 +72,30 @@ class IteRand(EdgePopup):
 
     cfg: IteRandConfig
 
-    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         """Edge-popup set-up; remember each layer's init distribution for the redraws."""
-        super().prepare(model, ctx)
+        super().attach(model, ctx)
         self.sample = WEIGHT_INITS.get(ctx.init.name)
         self.stds = {mt.name: weight_std(tuple(mt.original.shape), ctx.init, 1.0 - self.cfg.sparsity)
                      for mt in masked_tensors(model) if mt.tensor_name == "weight"}
         self.gen = layer_generator(ctx.score_seed, -1, "iterand")
         self.rerandomizations = 0
 
-    def on_step_end(self, trainer: Any) -> None:
+    def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
+        """Warn when ``mode=mix`` changes the variance of redrawn weights (it compounds over redraws)."""
+        warnings = super().check(model, ctx)
+        gain = self.cfg.mix_lambda ** 2 + self.cfg.mix_mu ** 2
+        if self.cfg.mode == "mix" and abs(gain - 1.0) > 0.05:
+            warnings.append(f"pruner.mix_lambda={self.cfg.mix_lambda} and pruner.mix_mu={self.cfg.mix_mu} multiply "
+                            f"the variance of a redrawn weight by {gain:.3g} at every re-randomization, compounding "
+                            "over the run; mix_lambda^2 + mix_mu^2 = 1 keeps it.")
+        return warnings
+
+    def on_step_end(self, state: TrainState) -> None:
         """Clamp (if asked), then re-randomize when the next step is a multiple of ``period``."""
-        super().on_step_end(trainer)
-        if (trainer.step + 1) % self.cfg.period == 0:
-            self.rerandomize(trainer.model)
+        super().on_step_end(state)
+        if (state.step + 1) % self.cfg.period == 0:
+            self.rerandomize(state.model)
 
     @torch.no_grad()
     def rerandomize(self, model: nn.Module) -> None:

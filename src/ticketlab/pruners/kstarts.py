@@ -16,7 +16,9 @@ Prune at Initialization", arXiv 2209.02201), optionally combined with dissipatin
   the target, at most 1) and dissipating gradients then prunes the winner down to the target during
   the first ``epochs_to_prune`` epochs (see :mod:`ticketlab.pruners.dissipating_gradients`).
 
-The selection epochs come before, and in addition to, ``trainer.epochs``.
+The selection epochs come before, and in addition to, ``trainer.epochs``. Each candidate is a
+:class:`~ticketlab.phases.Phase` (``candidate_0`` ...) run by the training loop, so a run stopped
+during selection continues inside the candidate it was training.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import nn
 
 from ..errors import check_choice, check_range
 from ..init import layer_generator
+from ..phases import Phase, TrainState
 from .base import PruneContext, register_pruner
 from .dissipating_gradients import Dissipating, DissipatingConfig
 from .pai import allocate
@@ -75,36 +78,59 @@ class KStarts(Dissipating):
             return target
         return self.cfg.start_density if self.cfg.start_density is not None else min(1.0, 2 * target)
 
-    def start_masks(self, model: nn.Module, layers: list[tuple[str, nn.Module]], ctx: PruneContext
-                    ) -> list[torch.Tensor]:
-        """Train ``k`` random-mask candidates briefly and return the fittest mask (weights: the winner's)."""
-        density = self.candidate_density()
-        theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        gen = ctx.data.generator
-        order = gen.get_state() if gen is not None else None
-        results = []
-        for j in range(self.cfg.k):
-            model.load_state_dict(theta0)
-            scores = [torch.rand(tuple(layer.weight.shape), generator=layer_generator(ctx.seed, i, f"kstart{j}"))
-                      for i, (_, layer) in enumerate(layers)]
-            scope = "layerwise" if self.cfg.mask_sampler == "layerwise_uniform" else "global"
-            masks = [m.to(layer.weight.device) for m, (_, layer) in
-                     zip(allocate(scores, density, scope), layers, strict=True)]
-            if gen is not None:
-                gen.set_state(order)
-            grad_accum = self._train_candidate(model, layers, masks, ctx)
-            magnitude = sum(float((layer.weight.detach() * m).abs().sum()) for (_, layer), m in
-                            zip(layers, masks, strict=True))
-            results.append({"masks": masks, "magnitude": magnitude, "grad_accum": grad_accum,
-                            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}})
-        self.fitness = [{"magnitude": r["magnitude"], "grad_accum": r["grad_accum"]} for r in results]
-        best = self._select(results)
-        self.winner = best
-        model.load_state_dict(theta0 if self.cfg.rewind else results[best]["state"])
-        if gen is not None:
-            gen.set_state(order)
-        model.train()
-        return results[best]["masks"]
+    def __init__(self, cfg: KStartsConfig) -> None:
+        super().__init__(cfg)
+        self.theta0_init: dict[str, torch.Tensor] | None = None  # the shared initialization
+        self.order: torch.Tensor | None = None  # data-generator state every candidate starts from
+        self.results: list[dict[str, Any]] = []
+        self.grad_accum: torch.Tensor | None = None
+        self.fitness: list[dict[str, float]] = []
+        self.winner: int | None = None
+
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
+        """All-ones masks (as dissipating gradients); remember the seed for the candidate masks."""
+        super().attach(model, ctx)
+        self.model, self.seed, self.data = model, ctx.seed, ctx.data
+
+    def initialize(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Remember the shared initialization and the data order the candidates start from."""
+        self.theta0_init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        gen = ctx.data.generator if ctx.data is not None else None
+        self.order = gen.get_state() if gen is not None else None
+
+    def phases(self, ctx: PruneContext) -> list[Phase]:
+        """One training phase per candidate."""
+        return [_Candidate(self, j) for j in range(self.cfg.k)]
+
+    def candidate_masks(self, j: int) -> list[torch.Tensor]:
+        """Candidate ``j``'s random mask at :meth:`candidate_density` (bool, shapes of the layers' weights)."""
+        scores = [torch.rand(tuple(layer.weight.shape), generator=layer_generator(self.seed, i, f"kstart{j}"))
+                  for i, (_, layer) in enumerate(self.layers)]
+        scope = "layerwise" if self.cfg.mask_sampler == "layerwise_uniform" else "global"
+        return [m.to(w.device) for m, w in zip(allocate(scores, self.candidate_density(), scope), self.weights,
+                                                strict=True)]
+
+    def restore_order(self) -> None:
+        """Put the data generator back where every candidate (and the main training) starts."""
+        if self.order is not None and self.data is not None and self.data.generator is not None:
+            self.data.generator.set_state(self.order)
+
+    def begin_main(self, state: TrainState, resumed: bool) -> None:
+        """(Fresh) pick the fittest candidate, load its mask and weights (or the initialization); train all."""
+        if not resumed:
+            self.fitness = [{"magnitude": r["magnitude"], "grad_accum": r["grad_accum"]} for r in self.results]
+            best = self._select(self.results)
+            self.winner = best
+            winner_masks = [m.clone() for m in self.results[best]["masks"]]
+            state.model.load_state_dict(self.theta0_init if self.cfg.rewind else self.results[best]["state"])
+            with torch.no_grad():
+                for fm, m in zip(self.masks, winner_masks, strict=True):
+                    fm.mask.copy_(m)
+            self.restore_order()
+            self.theta0_init, self.results = None, []  # keep checkpoints small from here on
+        for p in state.model.parameters():
+            p.requires_grad_(True)
+        super().begin_main(state, resumed)
 
     def _select(self, results: list[dict[str, Any]]) -> int:
         def ranks(key: str) -> list[int]:
@@ -119,36 +145,65 @@ class KStarts(Dissipating):
             return min(range(len(results)), key=lambda i: (total[i], i))
         return min(range(len(results)), key=lambda i: (-results[i][self.cfg.fitness], i))
 
-    def _train_candidate(self, model: nn.Module, layers, masks, ctx: PruneContext) -> float:
-        weights = [layer.weight for _, layer in layers]
-        with torch.no_grad():
-            for w, m in zip(weights, masks, strict=True):
-                w.mul_(m)
-        params = list(model.parameters())
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.SGD(params, lr=self.cfg.selection_lr, momentum=0.9)
-        model.train()
-        accum = 0.0
-        for _ in range(self.cfg.selection_epochs):
-            for b, (x, y) in enumerate(ctx.data.train):
-                if self.cfg.selection_batches is not None and b >= self.cfg.selection_batches:
-                    break
-                x, y = x.to(ctx.device), y.to(ctx.device)
-                opt.zero_grad(set_to_none=True)
-                nn.functional.cross_entropy(model(x), y).backward()
-                with torch.no_grad():
-                    for w, m in zip(weights, masks, strict=True):
-                        w.grad.mul_(m)
-                        accum += float(w.grad.abs().sum())
-                opt.step()
-        return accum
+    def state_dict(self) -> dict[str, Any]:
+        """Dissipating state plus the selection's progress (initialization, order, candidates so far)."""
+        return {**super().state_dict(), "theta0_init": self.theta0_init, "order": self.order,
+                "results": self.results, "grad_accum": self.grad_accum, "fitness": self.fitness,
+                "winner": self.winner}
 
-    def on_epoch_end(self, trainer: Any) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        super().load_state_dict(state)
+        self.theta0_init, self.order, self.results = state["theta0_init"], state["order"], state["results"]
+        self.grad_accum, self.fitness, self.winner = state["grad_accum"], state["fitness"], state["winner"]
+
+    def on_epoch_end(self, state: TrainState) -> None:
         """Dissipating gradients on the winner (combination only)."""
         if self.cfg.dissipating:
-            super().on_epoch_end(trainer)
+            super().on_epoch_end(state)
 
     def summary(self) -> dict[str, Any]:
         """Candidates' fitness, the winner, and (combination) the density history."""
         return {**super().summary(), "kstarts_fitness": self.fitness, "kstarts_winner": self.winner}
+
+
+class _Candidate(Phase):
+    """Candidate ``j``: the shared initialization under its random mask, trained briefly (SGD, momentum 0.9)."""
+
+    def __init__(self, pruner: KStarts, j: int) -> None:
+        self.pruner, self.j = pruner, j
+        self.name = f"candidate_{j}"
+        self.epochs = pruner.cfg.selection_epochs
+        self.batches_per_epoch = pruner.cfg.selection_batches
+
+    def begin(self, state: TrainState, resumed: bool) -> torch.optim.Optimizer:
+        """(Fresh) reset weights, mask and data order; everything trains."""
+        p = self.pruner
+        if not resumed:
+            state.model.load_state_dict(p.theta0_init)
+            with torch.no_grad():
+                for fm, m in zip(p.masks, p.candidate_masks(self.j), strict=True):
+                    fm.mask.copy_(m)
+            p.restore_order()
+            p.grad_accum = torch.zeros((), dtype=torch.float64, device=state.device)
+        p.grad_accum = p.grad_accum.to(state.device)
+        params = list(state.model.parameters())
+        for q in params:
+            q.requires_grad_(True)
+        return torch.optim.SGD(params, lr=p.cfg.selection_lr, momentum=0.9)
+
+    def after_backward(self, state: TrainState) -> None:
+        """``G += sum |grad * m|`` (the masked weights' gradients are already ``grad * m``)."""
+        with torch.no_grad():
+            for w in self.pruner.weights:
+                if w.grad is not None:
+                    self.pruner.grad_accum += w.grad.abs().sum()
+
+    def end(self, state: TrainState) -> None:
+        """Record the candidate's mask, fitness and trained state."""
+        p = self.pruner
+        with torch.no_grad():
+            magnitude = sum(float((w * fm.mask).abs().sum()) for w, fm in zip(p.weights, p.masks, strict=True))
+        p.results.append({"masks": [fm.mask.bool().clone() for fm in p.masks], "magnitude": magnitude,
+                          "grad_accum": float(p.grad_accum),
+                          "state": {k: v.detach().clone() for k, v in state.model.state_dict().items()}})

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, check_choice, check_range
+from ..errors import ConfigError, NonFiniteError, check_choice, check_range
 from ..masks import FixedMask, attach, num_kept, select_layers, topk_mask
 from .base import PruneContext, Pruner, PrunerConfig
 
@@ -66,7 +66,8 @@ class ScorePrunerConfig(PrunerConfig):
 
     def __post_init__(self) -> None:
         if self.compression is not None:
-            check_range("pruner.compression", self.compression, 0.0, float("inf"))
+            # 10^-15 is the smallest density whose sparsity 1 - 10^-x is still below 1 in float64.
+            check_range("pruner.compression", self.compression, 0.0, 15.0)
             self.sparsity = 1.0 - 10.0 ** (-self.compression)
         super().__post_init__()
         check_choice("pruner.scope", self.scope, ("global", "layerwise"))
@@ -91,8 +92,11 @@ def allocate(scores: list[Tensor], density: float, scope: str, min_per_layer: in
 
     Raises:
         ConfigError: the guard needs more weights than the target keeps.
+        NonFiniteError: a score is NaN.
     """
     sparsity = min(max(1.0 - density, 0.0), 1.0 - 1e-12)
+    if any(bool(torch.isnan(s).any()) for s in scores):
+        raise NonFiniteError("scores", "pruning scores hold NaN, which has no rank")
     if scope == "layerwise":
         return [topk_mask(s, max(num_kept(s.numel(), sparsity), min(min_per_layer, s.numel()))) for s in scores]
     total = num_kept(sum(s.numel() for s in scores), sparsity)
@@ -124,6 +128,7 @@ class ScorePruner(Pruner):
                               f"{cfg.data_batches}; set pruner.data_batches to at least 1.")
         self.masks: list[FixedMask] = []
         self.layers: list[tuple[str, nn.Module]] = []
+        self.weights: list[Tensor] = []
 
     def densities(self, model: nn.Module) -> dict[str, float]:
         """Layerwise scope: ``1 - sparsity`` per masked layer; global: unknown before scoring (none)."""
@@ -152,37 +157,62 @@ class ScorePruner(Pruner):
             if state is not None:
                 gen.set_state(state)
 
-    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
-        """Attach all-ones masks, then run the score -> mask rounds; the weights stay trainable.
-
-        Raises:
-            ConfigError: data-dependent scoring without data, or a guard that cannot be met.
-        """
-        if self.needs_data and ctx.data is None:
-            raise ConfigError(f"pruner={self.cfg.name} needs training data to score weights.")
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Attach all-ones masks to the selected weights (and biases with ``prune_bias``); weights stay trainable."""
         self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
         self.masks = []
-        weights = []
+        self.weights = []
         for _, layer in self.layers:
             names = ["weight"] + (["bias"] if self.cfg.prune_bias and layer.bias is not None else [])
             for tname in names:
                 fm = FixedMask(torch.ones_like(getattr(layer, tname), dtype=torch.bool))
                 attach(layer, tname, fm)
                 self.masks.append(fm)
-                weights.append(layer.parametrizations[tname].original)
+                self.weights.append(layer.parametrizations[tname].original)
+
+    def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
+        """Data for data-dependent scores; a guard the target can meet; a compression the model can hold.
+
+        Raises:
+            ConfigError: no data for a data-dependent score, or ``min_weights_per_layer`` reserving more
+                weights than the target keeps.
+        """
+        if self.needs_data and ctx.data is None:
+            raise ConfigError(f"pruner={self.cfg.name} needs training data to score weights.")
+        warnings = []
+        sizes = [w.numel() for w in self.weights]
+        total = sum(sizes)
+        target = num_kept(total, self.cfg.sparsity)
+        if self.cfg.min_weights_per_layer and self.cfg.scope == "global":
+            reserved = sum(min(self.cfg.min_weights_per_layer, n) for n in sizes)
+            if reserved > target:
+                raise ConfigError(f"the target keeps {target} weights but pruner.min_weights_per_layer="
+                                  f"{self.cfg.min_weights_per_layer} reserves {reserved} over {len(sizes)} masked "
+                                  "tensors; lower the guard or pruner.sparsity.")
+        if self.cfg.compression is not None and (1.0 - self.cfg.sparsity) * total < 1:
+            warnings.append(f"pruner.compression={self.cfg.compression:g} asks for a density of "
+                            f"10^-{self.cfg.compression:g}, below one weight of the {total} masked ones; "
+                            f"{target} weight(s) will be kept.")
+        return warnings
+
+    def initialize(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Run the score -> mask rounds (checking for a stop request between rounds)."""
         target = 1.0 - self.cfg.sparsity
         n = self.cfg.iterations
         was_training = model.training
         for k in range(1, n + 1):
             density = target ** (k / n) if self.cfg.schedule == "exponential" else 1 - (1 - target) * k / n
             self._set_bn_mode(model)
-            scores = self.score(model, weights, ctx)
+            scores = self.score(model, self.weights, ctx)
             new = allocate(scores, density, self.cfg.scope, self.cfg.min_weights_per_layer)
             with torch.no_grad():
                 for fm, m in zip(self.masks, new, strict=True):
                     fm.mask.copy_(m)
-            for w in weights:
+            for w in self.weights:
                 w.grad = None
+            model.train(was_training)
+            if k < n:
+                ctx.stop.check(f"pruning round {k} of {n}")
         model.train(was_training)
 
     def _set_bn_mode(self, model: nn.Module) -> None:

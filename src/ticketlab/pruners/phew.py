@@ -345,37 +345,54 @@ class Phew(Pruner):
         super().__init__(cfg)
         self.walks = 0
 
-    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
-        """Run the walks on the initial weights, attach the masks, optionally re-initialize.
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Attach all-ones masks to every prunable weight (the walks fill them in :meth:`initialize`)."""
+        self.layers = prunable_layers(model)
+        self.masks = []
+        for _, layer in self.layers:
+            fm = FixedMask(torch.ones_like(layer.weight, dtype=torch.bool))
+            attach(layer, "weight", fm)
+            self.masks.append(fm)
+
+    def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
+        """The model must be walkable; ``nested_from`` must hold masks of this model.
 
         Raises:
-            ConfigError: a model that is not a feed-forward chain.
+            ConfigError: a model that is not a feed-forward chain or BasicBlock ResNet, or a
+                ``nested_from`` file that is missing or does not match.
         """
-        layers = prunable_layers(model)
-        weights = [layer.weight for _, layer in layers]
-        start = None
-        if self.cfg.nested_from:
-            from pathlib import Path
+        self.route = model_route(model, self.cfg.resnet_shortcuts)
+        self.start = self._nested_start() if self.cfg.nested_from else None
+        return []
 
-            path = Path(self.cfg.nested_from)
-            path = path / "masks.pt" if path.is_dir() else path
-            if not path.exists():
-                raise ConfigError(f"pruner.nested_from={self.cfg.nested_from!r}: no masks.pt there.")
-            saved = torch.load(path, weights_only=False)["masks"]
-            names = [f"{n}.weight" for n, _ in layers]
-            if sorted(saved) != sorted(names) or any(saved[n].shape != w.shape for n, w in zip(names, weights,
-                                                                                            strict=True)):
-                raise ConfigError(f"pruner.nested_from={self.cfg.nested_from!r}: its masks do not match this model's "
-                                  "prunable layers.")
-            start = [saved[n].to(w.device) for n, w in zip(names, weights, strict=True)]
-        route = model_route(model, self.cfg.resnet_shortcuts)
+    def _nested_start(self) -> list[Tensor]:
+        from pathlib import Path
+
+        from .from_file import read_masks
+
+        path = Path(self.cfg.nested_from)
+        saved = read_masks(path, "pruner.nested_from")
+        weights = [layer.parametrizations.weight.original for _, layer in self.layers]
+        names = [f"{n}.weight" for n, _ in self.layers]
+        if sorted(saved) != sorted(names) or any(saved[n].shape != w.shape for n, w in zip(names, weights,
+                                                                                        strict=True)):
+            raise ConfigError(f"pruner.nested_from={self.cfg.nested_from!r}: its masks do not match this model's "
+                              "prunable layers.")
+        return [saved[n].to(w.device) for n, w in zip(names, weights, strict=True)]
+
+    def initialize(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Run the walks on the initial weights, set the masks, optionally re-initialize."""
+        if not hasattr(self, "route"):
+            self.check(model, ctx)
+        weights = [layer.parametrizations.weight.original for _, layer in self.layers]
         masks, self.walks = phew_masks(weights, 1.0 - self.cfg.sparsity, seed=ctx.seed, walkers=self.cfg.walkers,
                                        kernel_conserved=self.cfg.kernel_conserved, walk_bias=self.cfg.walk_bias,
-                                       start=start, route=route)
-        for (_, layer), m in zip(layers, masks, strict=True):
-            attach(layer, "weight", FixedMask(m))
+                                       start=self.start, route=self.route)
+        with torch.no_grad():
+            for fm, m in zip(self.masks, masks, strict=True):
+                fm.mask.copy_(m)
         if self.cfg.reinit != "none":
-            self._reinit(layers, masks, ctx.seed)
+            self._reinit(self.layers, masks, ctx.seed)
 
     @torch.no_grad()
     def _reinit(self, layers: list[tuple[str, nn.Module]], masks: list[Tensor], seed: int) -> None:
@@ -392,6 +409,14 @@ class Phew(Pruner):
                 kept = m.reshape(m.shape[0], -1).sum(1).clamp(min=1).float()
                 std = torch.sqrt(2.0 / kept)
             w.copy_(z * std.view(-1, *([1] * (w.dim() - 1))).to(w.device))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The number of walks taken (the masks are in the model)."""
+        return {"walks": self.walks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.walks = state.get("walks", 0)
 
     def summary(self) -> dict[str, Any]:
         """Number of walks taken."""

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import check_choice, check_range
+from ..errors import ConfigError, check_choice, check_range
 from ..masks import BipropMask, ScoreMask, masked_tensors
+from ..phases import TrainState
 from .base import PruneContext, register_pruner
 from .edge_popup import EdgePopup, EdgePopupConfig
 
@@ -56,6 +57,11 @@ class WeightRecyclingConfig(EdgePopupConfig):
         check_choice("pruner.source", self.source, ("top", "next_lowest"))
         if self.source == "next_lowest":
             check_range("pruner.rate", self.rate, 0.0, 0.5)
+        density = 1.0 - self.sparsity
+        if self.rate > density:
+            raise ConfigError(f"pruner.rate={self.rate} exceeds the density {density:g} (pruner.sparsity="
+                              f"{self.sparsity}): the {self.rate:g} highest-|score| weights that donate their values "
+                              f"would include pruned ones; allowed: pruner.rate <= 1 - pruner.sparsity.")
 
 
 @register_pruner("weight_recycling", WeightRecyclingConfig)
@@ -70,22 +76,31 @@ class WeightRecycling(EdgePopup):
         self.recycled_at: list[int] = []
         self.total_epochs = 0
 
-    def prepare(self, model: nn.Module, ctx: PruneContext) -> None:
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         """Edge-popup (or biprop) set-up; remember the run length for the recycling schedule."""
-        super().prepare(model, ctx)
+        super().attach(model, ctx)
         self.total_epochs = ctx.epochs
+
+    def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
+        """Warn when the schedule never recycles in a run this short."""
+        warnings = super().check(model, ctx)
+        if self.cfg.rate > 0 and not any(self.due(e) for e in range(1, ctx.epochs + 1)):
+            warnings.append(f"pruner=weight_recycling never recycles in this run: pruner.every={self.cfg.every} "
+                            f"and pruner.warmup={self.cfg.warmup} leave no recycling epoch before the last of "
+                            f"trainer.epochs={ctx.epochs}; the run is plain {self.cfg.base}.")
+        return warnings
 
     def due(self, epoch: int) -> bool:
         """Whether recycling follows completed epoch ``epoch`` (1-based), per the reference schedule."""
         e = epoch - 1
         return e > 0 and e % self.cfg.every == 0 and e != self.total_epochs - 1 and e >= self.cfg.warmup
 
-    def on_epoch_end(self, trainer: Any) -> None:
+    def on_epoch_end(self, state: TrainState) -> None:
         """Annealing/scaling (edge-popup), then recycle when due."""
-        super().on_epoch_end(trainer)
-        if self.due(trainer.epoch):
-            self.recycle(trainer.model)
-            self.recycled_at.append(trainer.epoch)
+        super().on_epoch_end(state)
+        if self.due(state.epoch):
+            self.recycle(state.model)
+            self.recycled_at.append(state.epoch)
 
     @torch.no_grad()
     def recycle(self, model: nn.Module) -> None:

@@ -1,0 +1,102 @@
+"""Checks that span several config groups, or need the built model: errors and warnings.
+
+Single-field ranges live in each schema's ``__post_init__`` (:mod:`ticketlab.config`, each
+pruner's config). What needs two groups at once (a schedule's floor against the learning rate),
+or the model itself (a stem that does not suit the input, a mask that leaves no input-output
+path), is here. Errors raise :class:`~ticketlab.errors.ConfigError` before anything is written;
+warnings are legal-but-degenerate settings: logged at the start of the run and listed under
+``warnings`` in ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+
+def cross_checks(rc: Any) -> list[str]:
+    """Rules between groups of a :class:`ticketlab.run.RunConfig`; returns warnings.
+
+    Raises:
+        ConfigError: ``scheduler.min_lr`` above ``optimizer.lr`` (the cosine would raise the rate).
+    """
+    warnings = []
+    sched, lr, epochs = rc.scheduler, rc.optimizer.lr, rc.trainer.epochs
+    if sched.name == "cosine" and sched.min_lr > lr:
+        raise ConfigError(f"scheduler.min_lr={sched.min_lr:g} is above optimizer.lr={lr:g}: the cosine schedule "
+                          "would raise the learning rate over the run; allowed: 0 <= scheduler.min_lr <= "
+                          "optimizer.lr.")
+    if sched.warmup_epochs and sched.warmup_epochs >= epochs > 0:
+        warnings.append(f"scheduler.warmup_epochs={sched.warmup_epochs} covers all trainer.epochs={epochs}: the "
+                        "learning rate never reaches optimizer.lr's schedule.")
+    if sched.name == "step" and sched.milestones and max(sched.milestones) >= epochs:
+        late = [m for m in sched.milestones if m >= epochs]
+        warnings.append(f"scheduler.milestones {late} are at or after the last epoch (trainer.epochs={epochs}); "
+                        "they never take effect.")
+    return warnings
+
+
+def model_warnings(model: nn.Module, input_shape: tuple[int, ...], model_name: str) -> list[str]:
+    """Warn when a convolution or pooling window is larger than the feature map it receives.
+
+    Such a layer sees mostly zero padding: the model's stem downsamples too much for this input
+    (e.g. ImageNet's ResNet-50 on 8x8 images).
+    """
+    small: list[str] = []
+
+    def hook(name: str, kernel: tuple[int, int]):
+        def fn(_module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+            h, w = inputs[0].shape[-2:]
+            if h < kernel[0] or w < kernel[1]:
+                small.append(f"{name} ({kernel[0]}x{kernel[1]} on {h}x{w})")
+        return fn
+
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
+            k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size, m.kernel_size)
+            handles.append(m.register_forward_hook(hook(name, k)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not small:
+        return []
+    shape = "x".join(map(str, input_shape))
+    return [f"model.name={model_name!r} downsamples its {shape} input below the size of "
+            f"{len(small)} window(s), which then see mostly zero padding: {', '.join(small[:4])}"
+            f"{' ...' if len(small) > 4 else ''}. Its stem was designed for larger images; a model built for "
+            "this input size (e.g. mlp, or a CIFAR-style model for 32x32) is likely what you want."]
+
+
+def mask_warnings(structure: Any, sparsity: float) -> list[str]:
+    """Warn when the masks leave no input-output path, or disconnect most kept weights.
+
+    Args:
+        structure: a :class:`ticketlab.mask_structure.MaskStructure` of the masked model.
+        sparsity: the target sparsity (for the message).
+    """
+    if structure is None:
+        return []
+    if structure.log_paths == -math.inf or structure.effective_density == 0:
+        return [f"the masks at pruner.sparsity={sparsity:g} leave no path from the input to the output: the "
+                "network's output does not depend on its input, so it can only learn the class prior. Lower "
+                "pruner.sparsity, or use a method that keeps paths (e.g. pruner=phew or pruner=synflow)."]
+    if structure.disconnected_fraction > 0.5:
+        return [f"{structure.disconnected_fraction:.0%} of the kept weights lie on no input-output path "
+                f"(effective sparsity {structure.effective_sparsity:.4f} against {sparsity:.4f} nominal)."]
+    return []
+
+
+__all__ = ["cross_checks", "mask_warnings", "model_warnings"]

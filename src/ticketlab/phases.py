@@ -1,0 +1,125 @@
+"""The contract between a method and the training loop: a typed training state and phases.
+
+Methods never see the loop itself. Their hooks (:class:`ticketlab.pruners.Pruner`) receive a
+:class:`TrainState` -- the model, optimizer and scheduler in force, the phase, the epoch and step
+counters, the last batch -- and may change the learning rate only through
+:meth:`TrainState.scale_lr`, which the loop records in its scheduler state (so a resumed run
+continues with the same rate).
+
+A method that trains something before the main training (the projected-SGD phase of
+epsilon-perturbation, the candidate runs of K-starts) declares it as a :class:`Phase`. The loop
+(:mod:`ticketlab.loop`) runs every phase through the same step function as the main training, so
+each of their steps gets mixed precision, batch limits, the non-finite check, the progress bar,
+signals and checkpoints, and a run interrupted inside a phase continues inside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class TrainState:
+    """What a method's hooks see of the training loop.
+
+    Attributes:
+        model: the masked model (on ``device``).
+        optimizer: the optimizer of the current phase (``None`` before a phase begins).
+        scheduler: the per-epoch learning-rate scheduler of the current phase, if any.
+        phase: the phase's name (``"main"`` for the training the run is about).
+        epoch: completed epochs of the phase (0 before the first one ends).
+        step: completed optimizer steps of the phase.
+        epochs: how many epochs the phase lasts.
+        batch: the last training batch ``(x: (B, C, H, W), y: (B,))``, or ``None``.
+        device: the training device.
+        data: the :class:`~ticketlab.data.DataBundle`.
+        run_dir: the run folder (``None`` outside the runner).
+    """
+
+    model: nn.Module
+    device: torch.device
+    data: Any = None
+    run_dir: Path | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    phase: str = "main"
+    epoch: int = 0
+    step: int = 0
+    epochs: int = 0
+    batch: tuple[Tensor, Tensor] | None = None
+
+    def scale_lr(self, factor: float) -> None:
+        """Multiply the learning rate by ``factor`` from now on (every parameter group).
+
+        The base rates of the scheduler change too, so the schedule keeps its shape around the new
+        level, and both travel in the checkpoint (scaled edge-popup divides the rate by its fitted
+        output scale; Fischer & Burkholz 2021, Sec. 4).
+
+        Raises:
+            ValueError: ``factor`` is not a positive finite number.
+        """
+        if not (factor > 0 and factor < float("inf")):
+            raise ValueError(f"learning-rate factor {factor!r} must be positive and finite")
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= factor
+        if self.scheduler is not None:
+            self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+
+    @property
+    def lr(self) -> float | None:
+        """The first parameter group's current learning rate (``None`` before a phase begins)."""
+        return self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
+
+
+class Phase:
+    """A stretch of training before the main one, declared by a method (:meth:`Pruner.phases`).
+
+    Subclasses set :attr:`name`, :attr:`epochs` (and optionally :attr:`max_steps`,
+    :attr:`batches_per_epoch`) and implement :meth:`begin`. The loop calls, in order:
+    :meth:`begin`; per step :meth:`after_backward` and :meth:`on_step_end`; per completed epoch
+    :meth:`on_epoch_end`; finally :meth:`end`. Whatever a phase must remember across a resume lives
+    in the method's :meth:`~ticketlab.pruners.Pruner.state_dict` or in the model.
+
+    Attributes:
+        name: unique among the run's phases (``"main"`` is the loop's own).
+        epochs: passes over the training set.
+        max_steps: stop the phase after this many optimizer steps (``None``: after ``epochs``).
+        batches_per_epoch: cap on the batches of each epoch (on top of ``trainer.limit_train_batches``).
+    """
+
+    name: str = "phase"
+    epochs: int = 1
+    max_steps: int | None = None
+    batches_per_epoch: int | None = None
+
+    def begin(self, state: TrainState, resumed: bool) -> torch.optim.Optimizer:
+        """Set which tensors train and return the phase's optimizer.
+
+        Args:
+            state: the loop state (``state.phase`` is already this phase's name).
+            resumed: ``True`` when the run continues inside this phase from a checkpoint: set up
+                what the checkpoint does not hold (``requires_grad`` flags, the optimizer), and
+                change no tensor value (the checkpoint restores them afterwards).
+        """
+        raise NotImplementedError
+
+    def after_backward(self, state: TrainState) -> None:
+        """After ``loss.backward()``, before the optimizer step (e.g. read or edit gradients)."""
+
+    def on_step_end(self, state: TrainState) -> None:
+        """After the optimizer step; ``state.step`` counts it."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """After each completed epoch of the phase."""
+
+    def end(self, state: TrainState) -> None:
+        """When the phase is over (its last step taken), before the next phase begins."""
+
+
+__all__ = ["Phase", "TrainState"]

@@ -1,0 +1,206 @@
+"""Sweeps (``python train.py -m ...``) that never lose work.
+
+* **Each job is isolated.** The task (:mod:`ticketlab.cli`) never lets a bad value or a crash
+  escape into Hydra's launcher: it records the job's outcome and returns, so the other jobs run.
+  Values of the wrong *type* and misspelled keys are still rejected by Hydra for the whole sweep,
+  before any job starts.
+* **One folder per sweep, the same on every launch.** ``<paths.output_dir>/sweeps/<name>/``, where
+  the name is the swept keys plus a hash of the sweep's overrides (:func:`sweep_name`), holds
+  Hydra's ``multirun.yaml``, one record per job (``jobs/<num>.json``), a link per job to its run
+  folder (``<num> -> ../../runs/<run>``) and the report (``report.md``, ``report.json``).
+  The runs themselves live in ``<paths.output_dir>/runs/`` under their identity, so re-launching
+  the same sweep (or another one sharing runs) skips every completed run and runs only the
+  missing and failed ones.
+* **One line per job at the end**: completed, skipped (already done), or failed with its one-line
+  reason; the process exits non-zero if any job did not complete (:data:`EXIT`).
+
+A job that a signal stops (SIGTERM from a scheduler, Ctrl-C) stops the whole sweep after writing
+its checkpoint; the report so far is printed and the same command continues it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from .results import atomic_write_bytes, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+#: The exit code of the last sweep (``None`` until a sweep ends); :mod:`ticketlab.cli` exits with it.
+EXIT: dict[str, int | None] = {"sweep": None}
+_CURRENT: dict[str, Any] = {"name": None, "dir": None, "expected": None}
+
+OK_STATUSES = ("completed", "skipped")
+
+
+def sweep_name(overrides: list[str], sweeper_params: dict[str, Any] | None = None) -> str:
+    """``<swept keys>-<hash of the overrides>``: the same sweep command gives the same name.
+
+    Args:
+        overrides: the sweep's command-line overrides (e.g. ``["pruner.sparsity=0.3,0.5", "seed=0,1"]``).
+        sweeper_params: ``hydra.sweeper.params`` (sweeps declared in a config file).
+    """
+    params = [f"{k}={v}" for k, v in (sweeper_params or {}).items()]
+    everything = sorted([*overrides, *params])
+    digest = hashlib.sha256("\n".join(everything).encode()).hexdigest()[:8]
+    swept = []
+    for o in everything:
+        key, _, value = o.partition("=")
+        if "," in value or value.startswith(("range(", "choice(", "glob(", "interval(")):
+            swept.append(key.lstrip("+~").split(".")[-1] if "." in key else key.lstrip("+~"))
+    readable = re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(swept))[:60] or "sweep"
+    return f"{readable}-{digest}"
+
+
+def _sweep_name_resolver() -> str:
+    return _CURRENT["name"] or "sweep"
+
+
+if not OmegaConf.has_resolver("tl.sweep_name"):
+    # Cached: Hydra copies the launcher's resolver cache into each job's config, so every job
+    # (in any process) sees the sweep folder the launcher created.
+    OmegaConf.register_new_resolver("tl.sweep_name", _sweep_name_resolver, use_cache=True)
+
+
+def _expected_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The jobs Hydra's basic sweeper makes of this sweep, in order (``None`` for other sweepers)."""
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
+            return None
+        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+        parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+        batches = BasicSweeper.split_arguments(parsed, None)
+        return [list(job) for batch in batches for job in batch]
+    except Exception:  # a report must never fail a sweep
+        return None
+
+
+def record_job(outcome: dict[str, Any], sweep_dir: Path, num: int) -> None:
+    """Write a job's outcome to ``<sweep>/jobs/<num>.json`` and link ``<sweep>/<num>`` to its run folder."""
+    try:
+        atomic_write_json(sweep_dir / "jobs" / f"{num}.json", {"num": num, **outcome})
+        run_dir = Path(outcome.get("run_dir") or "")
+        link = sweep_dir / str(num)
+        if run_dir and run_dir.exists() and run_dir.resolve() != link.resolve() and \
+                sweep_dir.resolve() not in run_dir.resolve().parents:
+            tmp = sweep_dir / f".{num}.link"
+            if tmp.is_symlink() or tmp.exists():
+                tmp.unlink()
+            os.symlink(os.path.relpath(run_dir.resolve(), sweep_dir.resolve()), tmp)
+            os.replace(tmp, link)
+    except OSError as e:
+        log.warning("could not record job %d in %s (%s)", num, sweep_dir, e)
+
+
+def report(sweep_dir: Path, expected: list[list[str]] | None) -> tuple[str, int, list[dict[str, Any]]]:
+    """The sweep's report from its job records.
+
+    Returns:
+        ``(text, exit_code, rows)``: one line per job, 0 when every job completed or was skipped
+        as already completed, else 1 (a job failed, was invalid, diverged, was stopped, or left no
+        record).
+    """
+    records = {}
+    for f in (sweep_dir / "jobs").glob("*.json"):
+        rec = read_json(f)
+        if isinstance(rec, dict) and "num" in rec:
+            records[int(rec["num"])] = rec
+    n = len(expected) if expected is not None else (max(records) + 1 if records else 0)
+    rows = []
+    for num in range(n):
+        rec = records.get(num)
+        if rec is None:
+            rows.append({"num": num, "overrides": expected[num] if expected else [], "status": "no record",
+                         "reason": "the job left no record (killed, or never started)"})
+        else:
+            rows.append(rec)
+    counts: dict[str, int] = {}
+    lines = []
+    for r in rows:
+        status = r["status"]
+        counts[status] = counts.get(status, 0) + 1
+        what = " ".join(r.get("overrides") or []) or "(no overrides)"
+        if status == "completed":
+            detail = f"test_acc {_f(r.get('test_acc'))}, sparsity {_f(r.get('sparsity'))}"
+        elif status == "skipped":
+            detail = f"already {r.get('was', 'completed')} (test_acc {_f(r.get('test_acc'))}); not run again"
+        else:
+            detail = r.get("reason") or ""
+        lines.append(f"  #{r['num']:<3} {status:<12} {what}  --  {detail}" + (f"  [{r['run_dir']}]"
+                                                                             if r.get("run_dir") else ""))
+    bad = sum(c for s, c in counts.items() if s not in OK_STATUSES)
+    head = f"sweep {sweep_dir}: {n} job(s): " + ", ".join(f"{c} {s}" for s, c in sorted(counts.items()))
+    return "\n".join([head, *lines]), (1 if bad else 0), rows
+
+
+def _f(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def write_report(sweep_dir: Path, expected: list[list[str]] | None) -> int:
+    """Print the report, write ``report.md`` and ``report.json`` in the sweep folder; return the exit code."""
+    text, code, rows = report(sweep_dir, expected)
+    print(text, flush=True)
+    try:
+        atomic_write_bytes(sweep_dir / "report.md", (f"```\n{text}\n```\n").encode())
+        atomic_write_json(sweep_dir / "report.json", {"exit_code": code, "jobs": rows})
+    except OSError as e:
+        log.warning("could not write the sweep report in %s (%s)", sweep_dir, e)
+    return code
+
+
+def partial_report() -> int | None:
+    """The report of the sweep in progress (after a signal stopped it), or ``None`` outside a sweep."""
+    if _CURRENT["dir"] is None:
+        return None
+    return write_report(Path(_CURRENT["dir"]), _CURRENT["expected"])
+
+
+class SweepReport(Callback):
+    """Hydra callback (``hydra.callbacks.sweep_report`` in ``conf/config.yaml``): names the sweep folder
+    and reports every job at the end (see the module docstring)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Name the sweep from its overrides (before Hydra creates its folder)."""
+        params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=False) \
+            if config.hydra.sweeper.get("params") else None
+        _CURRENT["name"] = sweep_name(list(config.hydra.overrides.task), params)
+        _CURRENT["expected"] = _expected_jobs(config)
+        EXIT["sweep"] = None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Print and write the report; set the exit code."""
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        _CURRENT["dir"] = None
+        EXIT["sweep"] = write_report(sweep_dir, _CURRENT["expected"])
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Remember the sweep folder (for a partial report if a signal stops the sweep)."""
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            if str(HydraConfig.get().mode).endswith("MULTIRUN"):
+                _CURRENT["dir"] = str(config.hydra.sweep.dir)
+        except Exception:
+            pass
+
+
+def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The job records of a sweep folder, by job number."""
+    out = [read_json(f) for f in (Path(sweep_dir) / "jobs").glob("*.json")]
+    return sorted((r for r in out if isinstance(r, dict)), key=lambda r: r.get("num", 0))
+
+
+__all__ = ["EXIT", "SweepReport", "partial_report", "read_jobs", "record_job", "report", "sweep_name",
+           "write_report"]
