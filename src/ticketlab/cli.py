@@ -16,21 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import sweep
-from .errors import EXIT_CODES, ConfigError, Preempted, RunBusy
+from .errors import EXIT_CODES, ConfigError, Preempted, RunBusy, describe
 from .run import run
 
 log = logging.getLogger("ticketlab")
 
 #: Exit code of the last single job (a sweep's code is :data:`ticketlab.sweep.EXIT`).
 EXIT: dict[str, int] = {"job": 0}
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
 def _remove_if_empty(path: Path) -> None:
@@ -57,7 +52,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     hc = HydraConfig.get()
     multirun = str(hc.mode).endswith("MULTIRUN")
     run_dir = Path(hc.runtime.output_dir)
-    outcome: dict[str, Any] = {"overrides": list(hc.overrides.task), "run_dir": str(run_dir)}
+    overrides = OmegaConf.to_container(hc.overrides.task, resolve=False)  # raw: "${oc.env:X}" stays as typed
+    outcome: dict[str, Any] = {"overrides": overrides, "run_dir": str(run_dir)}
     stop: BaseException | None = None
     try:
         summary = run(cfg, run_dir)
@@ -86,9 +82,9 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         outcome.update(status="interrupted", reason="interrupted (Ctrl-C)")
         stop = e
     except Exception as e:  # a crash: run() has written the failed summary and the traceback
-        outcome.update(status="failed", reason=_short(e))
+        outcome.update(status="failed", reason=describe(e))
         if not (run_dir / "summary.json").exists():
-            log.error("failed: %s", _short(e), exc_info=e)
+            log.error("failed: %s", describe(e), exc_info=e)
     EXIT["job"] = 0 if outcome["status"] in ("completed", "skipped") else \
         EXIT_CODES.get(outcome["status"], 1)
     if multirun:

@@ -117,6 +117,12 @@ class RunBusy(RuntimeError):
                          "by the operating system.")
 
 
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """``"<Type>: <first line of the message>"`` (at most ``limit`` characters of message)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit] if text else ''}".rstrip(": ")
+
+
 EXIT_CODES = {"completed": 0, "skipped": 0, "failed": 1, "invalid": 2, "diverged": 3, "busy": 75}
 
 

@@ -35,6 +35,7 @@ import math
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ from .config import (
     TrainerConfig,
 )
 from .data import build_data
-from .errors import ConfigError, Diverged, NonFiniteError, Preempted, check_seed
+from .errors import ConfigError, Diverged, NonFiniteError, Preempted, check_seed, describe
 from .identity import RunIdentity
 from .init import init_weights
 from .loop import Trainer
@@ -123,7 +124,7 @@ def _unknown_keys(cfg: DictConfig, extra_top_level: tuple[str, ...]) -> None:
     for key in cfg.keys():
         if key not in allowed_top:
             close = difflib.get_close_matches(str(key), sorted(allowed_top - {"hydra"}), n=1)
-            raise ConfigError(f"{key} is not a TicketLab config key" + (f"; did you mean {close[0]}?" if close else "")
+            raise ConfigError(f"{key} is not a TicketLab config key" + (f"; did you mean {close[0]}?" if close else ".")
                               + f" Top-level keys: {', '.join(TOP_LEVEL_KEYS)}.")
     for group in (*GROUPS, *OPTIONAL_GROUPS):
         if group not in cfg or not isinstance(cfg._get_node(group), DictConfig):
@@ -437,7 +438,7 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
 
 def _overrides() -> list[str]:
     hc = _hydra()
-    return list(hc.overrides.task) if hc is not None else []
+    return OmegaConf.to_container(hc.overrides.task, resolve=False) if hc is not None else []
 
 
 def _sweep_name() -> str | None:
@@ -485,8 +486,7 @@ def _load_checkpoint(path: Path, job: Job) -> dict[str, Any]:
         ckpt = torch.load(path, weights_only=False, map_location="cpu")
         job.trainer.load_state_dict(ckpt)
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise ConfigError(f"{path} cannot be used to continue this run ({type(e).__name__}: {first}); move it aside "
+        raise ConfigError(f"{path} cannot be used to continue this run ({describe(e)}); move it aside "
                           "to start the run again in place, or use trainer.resume=fresh.") from e
     return ckpt
 
@@ -502,7 +502,7 @@ def _skipped(state: rundir.FolderState) -> dict[str, Any]:
 
 
 def execute(cfg: DictConfig, run_dir: Path, ident: RunIdentity, stage: StageContext | None = None,
-            min_generation: int = 1) -> dict[str, Any]:
+            min_generation: int = 1, before_write: Callable[[], None] | None = None) -> dict[str, Any]:
     """One (stage of a) run in ``run_dir``: skip it, continue it or start it, then report.
 
     Args:
@@ -511,6 +511,8 @@ def execute(cfg: DictConfig, run_dir: Path, ident: RunIdentity, stage: StageCont
         ident: the run's identity.
         stage: the stage of a multi-stage run.
         min_generation: the W&B generation at least (a stage inherits its parent run's).
+        before_write: called once the run is validated, before its folder is written (a stage's
+            parent records itself then).
 
     Returns:
         The summary (``status`` completed or diverged; ``skipped: True`` when nothing was run).
@@ -544,10 +546,14 @@ def execute(cfg: DictConfig, run_dir: Path, ident: RunIdentity, stage: StageCont
             raise
         except Exception as e:  # a crash while building (not a user error): record it in the folder
             written = True
+            if before_write is not None:
+                before_write()
             _record_setup_crash(run_dir, ident, decision, e)
             raise
         # ---------------- from here on, the run folder is written ----------------
         written = True
+        if before_write is not None:
+            before_write()
         if decision.action == "fresh":
             moved = rundir.move_aside(run_dir)
             lock.release()
@@ -770,11 +776,12 @@ def _run_staged(cfg: DictConfig, rc: RunConfig, ident: RunIdentity, run_dir: Pat
             rundir.start_attempt(path, parent, generation, _overrides(), None)
             _write_hydra_record(path, cfg)
 
-    def run_one(stage_cfg: DictConfig, stage_dir: Path, stage_ident: RunIdentity, ctx: StageContext) -> dict[str, Any]:
+    def run_one(stage_cfg: DictConfig, stage_dir: Path, stage_ident: RunIdentity, ctx: StageContext,
+                before_write: Callable[[], None]) -> dict[str, Any]:
         if rc.trainer.resume == "fresh":  # the parent folder was moved aside: every stage starts new
             stage_cfg = stage_cfg.copy()
             OmegaConf.update(stage_cfg, "trainer.resume", "auto", merge=False)
-        return execute(stage_cfg, stage_dir, stage_ident, ctx, min_generation=generation)
+        return execute(stage_cfg, stage_dir, stage_ident, ctx, min_generation=generation, before_write=before_write)
 
     return stages.run_stages(cfg, ident, run_dir, plan, run_one, record)
 

@@ -104,9 +104,11 @@ def run_stages(cfg: Any, ident: RunIdentity, run_dir: Path, stages: list[Stage],
         ident: the multi-stage run's identity.
         run_dir: its folder.
         stages: from :func:`plan`.
-        run_one: ``run_one(cfg, stage_dir, stage_identity, stage_context) -> summary``; skips a
-            completed stage itself.
-        record: ``record(run_dir, ident)`` writes the parent's ``run.json``.
+        run_one: ``run_one(cfg, stage_dir, stage_identity, stage_context, before_write) -> summary``;
+            skips a completed stage itself, and calls ``before_write()`` once the stage is validated,
+            before it writes anything.
+        record: ``record(run_dir, ident)`` writes the parent's ``run.json`` (called through
+            ``before_write``, so that a stage rejected as bad input leaves no parent folder behind).
 
     Returns:
         The parent summary: ``stages`` (one entry per stage run so far) and the last stage's numbers.
@@ -118,13 +120,25 @@ def run_stages(cfg: Any, ident: RunIdentity, run_dir: Path, stages: list[Stage],
     previous: Path | None = None
     done: list[tuple[Stage, dict[str, Any]]] = []
     current: Stage | None = None
-    record(run_dir, ident)
+    recorded = []
+
+    def before_write() -> None:
+        if not recorded:
+            record(run_dir, ident)
+            recorded.append(True)
+
     try:
         for stage in stages:
             current = stage
             stage_dir = run_dir / stage.name
-            summary = run_one(cfg, stage_dir, ident.child(stage.name), StageContext(stage.index, stage.name, run_dir,
-                                                                                   previous))
+            try:
+                summary = run_one(cfg, stage_dir, ident.child(stage.name),
+                                  StageContext(stage.index, stage.name, run_dir, previous), before_write)
+            except ConfigError:
+                if not recorded and run_dir.is_dir() and not any(run_dir.iterdir()):
+                    run_dir.rmdir()  # rejected before anything was written: leave no folder behind
+                current = None
+                raise
             done.append((stage, summary))
             current = None
             previous = stage_dir

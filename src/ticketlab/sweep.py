@@ -79,7 +79,8 @@ def _expected_jobs(config: DictConfig) -> list[list[str]] | None:
         if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
             return None
         params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-        parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+        task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+        parsed = OverridesParser.create().parse_overrides([*params, *task])
         batches = BasicSweeper.split_arguments(parsed, None)
         return [list(job) for batch in batches for job in batch]
     except Exception:  # a report must never fail a sweep
@@ -175,7 +176,7 @@ class SweepReport(Callback):
         """Name the sweep from its overrides (before Hydra creates its folder)."""
         params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=False) \
             if config.hydra.sweeper.get("params") else None
-        _CURRENT["name"] = sweep_name(list(config.hydra.overrides.task), params)
+        _CURRENT["name"] = sweep_name(OmegaConf.to_container(config.hydra.overrides.task, resolve=False), params)
         _CURRENT["expected"] = _expected_jobs(config)
         EXIT["sweep"] = None
 

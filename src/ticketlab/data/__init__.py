@@ -22,15 +22,15 @@ a cached tensor file (:mod:`ticketlab.data.imagefolder`). A dataset that is miss
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..config import DatasetConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, describe
 from ..registry import Registry
+from .idx import prepare_raw
 from .imagefolder import load_cached_split
 from .loaders import DataBundle, SeededSamples, StreamLoader, TensorLoader, split_indices
 
@@ -102,34 +102,48 @@ def digits(cfg: DatasetConfig, device: torch.device, gen: torch.Generator) -> Da
                           0, {"source": "sklearn.datasets.load_digits"})
 
 
+def check_labels(labels: torch.Tensor, num_classes: int, n_images: int, source: str, dataset: str) -> None:
+    """Labels must be integers in ``[0, num_classes)``, one per image.
+
+    Raises:
+        ConfigError: naming the source file or folder, before any training.
+    """
+    if len(labels) != n_images:
+        raise ConfigError(f"dataset.name={dataset}: {source} has {len(labels)} labels for {n_images} images.")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        raise ConfigError(f"dataset.name={dataset}: {source} holds {len(bad)} label(s) outside 0..{num_classes - 1} "
+                          f"(e.g. {int(bad[0])}); the file is corrupt, copy it again.")
+
+
 def _mnist_like(name: str, folder: str, cls_name: str, mean: float, std: float):
     def build(cfg: DatasetConfig, device: torch.device, gen: torch.Generator) -> DataBundle:
         import torchvision
 
+        cls = getattr(torchvision.datasets, cls_name)
         root = Path(cfg.root)
         raw = root / folder / "raw"
-        present = [n for n in MNIST_FILES if (raw / n).exists() or (raw / f"{n}.gz").exists()]
         expected = ", ".join(f"{n}.gz" for n in MNIST_FILES)
-        if len(present) < len(MNIST_FILES) and not cfg.download:
+        missing = prepare_raw(raw, list(cls.resources), name) if raw.is_dir() else list(MNIST_FILES)
+        if missing and not cfg.download:
             raise ConfigError(f"dataset.name={name}: no {name} data under dataset.root={str(root)!r}; expected "
-                              f"{raw}/ to hold {expected} (set DATA_DIR or dataset.root, or dataset.download=true).")
-        needs_extract = any(not (raw / n).exists() for n in MNIST_FILES)
-        if len(present) == len(MNIST_FILES) and needs_extract and not os.access(raw, os.W_OK):
-            raise ConfigError(f"dataset.name={name}: {raw} is read-only, but torchvision extracts the .gz archives "
-                              "next to themselves; copy the folder to a writable place (e.g. `make data`) and point "
-                              "DATA_DIR or dataset.root there.")
-        cls = getattr(torchvision.datasets, cls_name)
+                              f"{raw}/ to hold {expected} (missing: {', '.join(missing)}; set DATA_DIR or "
+                              "dataset.root, or dataset.download=true where there is a network).")
         try:
-            tr = cls(str(root), train=True, download=cfg.download)
-            te = cls(str(root), train=False, download=cfg.download)
+            tr = cls(str(root), train=True, download=bool(missing))
+            te = cls(str(root), train=False, download=False)
         except Exception as e:  # torchvision raises RuntimeError/URLError/OSError when offline
             raise ConfigError(f"dataset.name={name}: could not load {name} from dataset.root={str(root)!r} "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); expected {raw}/ to "
+                              f"({describe(e)}); expected {raw}/ to "
                               f"hold {expected}. Without a network, copy the files there.") from e
+        check_labels(tr.targets, 10, len(tr.data), str(raw / "train-labels-idx1-ubyte"), name)
+        check_labels(te.targets, 10, len(te.data), str(raw / "t10k-labels-idx1-ubyte"), name)
         return _memory_bundle(name, cfg, device, gen, (tr.data.unsqueeze(1), tr.targets),
                               (te.data.unsqueeze(1), te.targets), 10, [mean], [std], 0, {"source": str(raw)})
 
-    build.__doc__ = f"torchvision ``{cls_name}`` (28x28 grey, 10 classes) read into memory from ``root/{folder}/raw``."
+    build.__doc__ = (f"torchvision ``{cls_name}`` (28x28 grey, 10 classes) read into memory from "
+                     f"``root/{folder}/raw``; archives and extracted files are checked first "
+                     "(:func:`ticketlab.data.idx.prepare_raw`).")
     return build
 
 
@@ -162,12 +176,14 @@ def _cifar_like(name: str, cls_name: str, batches: str, folders: list[str], num_
             except Exception as e:
                 raise ConfigError(
                     f"dataset.name={name}: could not load {name} from dataset.root={str(root)!r} "
-                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); expected torchvision's "
+                    f"({describe(e)}); expected torchvision's "
                     f"{root / batches}/ or an ImageFolder copy {root}/{{{','.join(folders)}}}/{{train,test}}/<class>/."
                 ) from e
             x_tr = torch.from_numpy(tr.data).permute(0, 3, 1, 2).contiguous()
             x_te = torch.from_numpy(te.data).permute(0, 3, 1, 2).contiguous()
             train, test = (x_tr, torch.tensor(tr.targets)), (x_te, torch.tensor(te.targets))
+            check_labels(train[1], num_classes, len(x_tr), str(root / batches), name)
+            check_labels(test[1], num_classes, len(x_te), str(root / batches), name)
             info = {"source": str(root / batches)}
         elif found is not None:
             base, split = found

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, describe
 from . import convnets, mlp, resnet  # noqa: F401  (registration side effects)
 from .registry import MODELS
 
@@ -48,7 +48,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes
     except RuntimeError as e:
         raise ConfigError(
             f"model.name={cfg.name!r} does not fit {dataset_name} (input {shape_txt}): the forward pass fails "
-            f"with: {str(e).splitlines()[0]}. Use a model built for this input size (mlp fits any input)."
+            f"with: {describe(e)}. Use a model built for this input size (mlp fits any input)."
         ) from e
     if tuple(out.shape) != (2, num_classes):
         raise ConfigError(f"model.name={cfg.name!r} returns shape {tuple(out.shape)} for a batch of 2, "

@@ -16,7 +16,7 @@ import torch
 from omegaconf import MISSING
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, describe
 from ..masks import attach_fixed_masks, prunable_layers
 from .base import PruneContext, Pruner, PrunerConfig, register_pruner
 
@@ -59,9 +59,8 @@ def read_masks(path: Path, key: str = "pruner.path") -> dict[str, Tensor]:
     except Exception as e:
         hint = " It looks like a training checkpoint; pass the run folder or its masks.pt." \
             if path.suffix == ".ckpt" else ""
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConfigError(f"{key}={str(given)!r}: {path} cannot be read as {expected} ({type(e).__name__}: "
-                          f"{first[:200]}).{hint}") from e
+        raise ConfigError(f"{key}={str(given)!r}: {path} cannot be read as {expected} ({describe(e, 200)})."
+                          f"{hint}") from e
     if isinstance(blob, dict) and "optimizer" in blob and "model" in blob:
         raise ConfigError(f"{key}={str(given)!r}: {path} is a training checkpoint, not a masks file; pass the run "
                           "folder or its masks.pt.")
@@ -104,7 +103,10 @@ class FromFile(Pruner):
             ConfigError: a bad file, or a layer name or shape that does not match the model.
         """
         self.masks = self.load()
-        attach_fixed_masks(model, self.masks)
+        try:
+            attach_fixed_masks(model, self.masks)
+        except ConfigError as e:
+            raise ConfigError(f"pruner.path={self.cfg.path!r}: {e}") from e
 
     def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
         """Warn about prunable layers the file leaves dense."""
