@@ -1,6 +1,6 @@
 """Aggregate run folders into a table: mean ± std over seeds of each configuration.
 
-    python scripts/aggregate.py outputs/multiruns/2026-11-22/10-00-00
+    python scripts/aggregate.py outputs/sweeps/sparsity+seed-1a2b3c4d
     python scripts/aggregate.py outputs/exp3 --metric test_acc --csv table.csv
 
 Finds every ``summary.json`` below the given folders. Runs whose Hydra overrides
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -23,11 +24,23 @@ import yaml
 DEFAULT_METRICS = ["test_acc", "test_acc_at_best_val", "best_val_acc"]
 
 
+def summaries_below(root: Path) -> list[Path]:
+    """``summary.json`` files below ``root``, following a sweep folder's links to its runs, each run once;
+    earlier attempts (``attempts/``) and moved-aside runs (``*.moved-*``) are not runs of their own."""
+    found = {}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if d != "attempts" and ".moved-" not in d)
+        if "summary.json" in files:
+            path = Path(folder) / "summary.json"
+            found.setdefault(path.resolve(), path)
+    return sorted(found.values())
+
+
 def load_runs(roots: list[Path]) -> list[dict]:
     """Every run below ``roots``: its summary plus its overrides (``[]`` when absent)."""
     runs = []
     for root in roots:
-        for summary in sorted(root.rglob("summary.json")):
+        for summary in summaries_below(root):
             overrides_file = summary.parent / ".hydra" / "overrides.yaml"
             overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
             runs.append({"dir": summary.parent, "summary": json.loads(summary.read_text()),

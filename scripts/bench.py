@@ -51,7 +51,7 @@ def time_steps(pruner_name: str, batch, device, steps: int, warmup: int) -> list
     pruner_over = [o for o in HydraConfig.get().overrides.task if o.startswith("pruner.")]
     if pruner_name == "edge_popup":
         overrides += pruner_over
-    rc = resolve(compose(config_name="bench", overrides=overrides + [f"pruner={pruner_name}"]))
+    rc = resolve(compose(config_name="bench", overrides=overrides + [f"pruner={pruner_name}"]), ("bench",))
     x, y = batch
     model = build_model(rc.model, tuple(x.shape[1:]), int(y.max()) + 1)
     pruner = build_pruner(rc.pruner)
@@ -116,7 +116,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.bench.what == "pai":
         atomic_write_json(hydra_run_dir() / "bench.json", bench_pai(cfg))
         return
-    rc = resolve(cfg)
+    rc = resolve(cfg, ("bench",))
     device = select_device(rc.trainer.device)
     torch.manual_seed(rc.seed)
     data = build_data(rc.dataset, device, rc.seed)

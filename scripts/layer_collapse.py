@@ -33,7 +33,8 @@ def job_for(method: str, x: float):
     """A pruned (untrained) job for ``method`` at compression 10^x."""
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("pruner", "collapse"))]
     overrides += [f"pruner={method}", f"pruner.sparsity={1 - 10 ** (-x)}"]
-    return setup(compose(config_name="layer_collapse", overrides=overrides), run_dir=tempfile.mkdtemp())
+    return setup(compose(config_name="layer_collapse", overrides=overrides), run_dir=tempfile.mkdtemp(),
+                 extra_top_level=("collapse",))
 
 
 def empty_layers(model) -> list[str]:

@@ -64,3 +64,32 @@ def require(path: Path, what: str) -> None:
         if IN_CI:
             pytest.fail(f"real-data tests are mandatory in CI: {msg}")
         pytest.skip(msg)
+
+
+def _git_status() -> set[str] | None:
+    """``git status --porcelain`` lines of the repository (``None`` outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return set(out.stdout.splitlines()) if out.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    """Remember the working tree's state: the suite must leave it as it found it."""
+    session.config._git_status_at_start = _git_status()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session if the tests changed the working tree (a stray file, a cache outside .gitignore)."""
+    start = getattr(session.config, "_git_status_at_start", None)
+    end = _git_status()
+    if start is None or end is None:
+        return
+    new = sorted(end - start)
+    if new:
+        print("\nthe test suite changed the working tree (git status --porcelain):\n  " + "\n  ".join(new))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -64,8 +64,9 @@ def wait_until_final(path: Path, timeout_s: float = 30.0) -> None:
 
 
 def read_run(path: Path) -> dict:
-    """``{"history": [ {key: value} per log call ], "summary": {...}, "config": {...}}``."""
-    out = {"history": [], "summary": {}, "config": {}}
+    """``{"history": [ {key: value} per log call ], "summary": {...}, "config": {...}, "run": {run_id,
+    display_name, run_group, job_type}}``."""
+    out = {"history": [], "summary": {}, "config": {}, "run": {}}
     for rec in records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "history":
@@ -78,6 +79,8 @@ def read_run(path: Path) -> dict:
             for item in rec.summary.update:
                 out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
         elif kind == "run":
+            out["run"] = {"run_id": rec.run.run_id, "display_name": rec.run.display_name,
+                          "run_group": rec.run.run_group, "job_type": rec.run.job_type}
             for item in rec.run.config.update:
                 out["config"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return out

@@ -1,0 +1,178 @@
+"""``train.py`` in a subprocess: sweeps that isolate failures and resume, signals, kill -9, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import ROOT
+from .wandb_reader import read_run
+
+pytestmark = pytest.mark.slow
+
+FAST = ["logger=none", "trainer.progress=false"]
+
+# Runs train.py with one job made to crash mid-training (pruner.sparsity=0.7), as a real bug would.
+CRASHY = """
+import runpy, sys
+import ticketlab.loop as loop
+real = loop.MainPhase.on_epoch_end
+def on_epoch_end(self, state):
+    if abs(self.pruner.cfg.sparsity - 0.7) < 1e-9:
+        raise RuntimeError("injected crash for sparsity 0.7")
+    return real(self, state)
+loop.MainPhase.on_epoch_end = on_epoch_end
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def launch(*args, env=None, script=None):
+    cmd = [sys.executable, *(["-c", script] if script else ["train.py"]), *args]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "WANDB_SILENT": "true", **(env or {})})
+
+
+def finish(p, timeout=300):
+    out, _ = p.communicate(timeout=timeout)
+    return p.returncode, out
+
+
+def train(*args, **kw):
+    return finish(launch(*args, **kw))
+
+
+def test_sweep_isolates_bad_values_and_crashes_and_relaunch_runs_nothing_twice(tmp_path):
+    sparsities = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.5,-0.1,0.95"  # 12 jobs: 2 invalid, 1 crashes
+    args = ["-m", f"pruner.sparsity={sparsities}", "trainer.epochs=1", *FAST, f"hydra.sweep.dir={tmp_path / 'sw'}"]
+    code, out = train(*args, script=CRASHY)
+    assert code != 0, out[-3000:]
+    assert "Traceback" not in out
+    jobs = {r["num"]: r for r in map(json.loads, ((tmp_path / "sw" / "jobs" / f"{i}.json").read_text()
+                                                  for i in range(12)))}
+    status = {j: r["status"] for j, r in jobs.items()}
+    assert sorted(status.values()) == ["completed"] * 9 + ["failed"] + ["invalid"] * 2
+    assert "pruner.sparsity=1.5 is out of range" in jobs[9]["reason"]
+    assert "pruner.sparsity=-0.1 is out of range" in jobs[10]["reason"]
+    assert "injected crash for sparsity 0.7" in jobs[6]["reason"]
+    assert "12 job(s): 9 completed, 1 failed, 2 invalid" in out
+    for j in range(12):  # one line per job in the report
+        assert f"#{j} " in out
+    crashed = json.loads((tmp_path / "sw" / "6" / "summary.json").read_text())  # the link to its run folder
+    assert crashed["status"] == "failed" and "injected crash" in crashed["error"]["message"]
+    stamps = {j: (tmp_path / "sw" / str(j) / "summary.json").stat().st_mtime_ns for j in range(9) if j != 6}
+    # the same sweep again: completed runs are skipped, only the failed and invalid ones run
+    code, out = train(*args, script=CRASHY)
+    assert code != 0
+    again = {r["num"]: r["status"] for r in (json.loads((tmp_path / "sw" / "jobs" / f"{i}.json").read_text())
+                                             for i in range(12))}
+    assert sorted(again.values()) == ["failed"] + ["invalid"] * 2 + ["skipped"] * 9
+    assert all((tmp_path / "sw" / str(j) / "summary.json").stat().st_mtime_ns == t for j, t in stamps.items())
+
+
+def test_sweep_names_its_folder_and_wandb_runs_after_the_command(tmp_path):
+    args = ["-m", "init.weight_seed=0", "init.score_seed=1,2,3", "trainer.epochs=1", "logger=wandb",
+            "trainer.progress=false"]
+    code, out = train(*args, env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wb")})
+    assert code == 0, out[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    assert sweep.name.startswith("score_seed-")
+    names, groups, types, ids = set(), set(), set(), set()
+    for f in (tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"):
+        r = read_run(f)["run"]
+        names.add(r["display_name"])
+        groups.add(r["run_group"])
+        types.add(r["job_type"])
+        ids.add(r["run_id"])
+    assert len(names) == 3 and all("init.score_seed=" in n for n in names)  # unique, readable
+    assert groups == {sweep.name} and types == {"edge_popup"} and len(ids) == 3
+    code, out = train(*args, env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wb")})
+    assert code == 0 and "3 skipped" in out  # relaunched: nothing runs, no new W&B run
+    assert len(list((tmp_path / "wb" / "wandb").glob("offline-run-*"))) == 3
+
+
+def wait_for(path: Path, timeout: float = 120) -> None:
+    t = time.time()
+    while not path.exists():
+        assert time.time() - t < timeout, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig,code,status", [(signal.SIGTERM, 143, "preempted"), (signal.SIGINT, 130, "interrupted"),
+                                              (signal.SIGUSR1, 138, "preempted")])
+def test_signal_checkpoints_and_the_same_command_finishes_the_run(tmp_path, sig, code, status):
+    args = ["trainer.epochs=40", *FAST, f"hydra.run.dir={tmp_path / 'run'}"]
+    p = launch(*args)
+    wait_for(tmp_path / "run" / "metrics.jsonl")  # a few epochs in
+    p.send_signal(sig)
+    rc, out = finish(p)
+    assert rc == code, out[-3000:]
+    assert "Traceback" not in out and "run the same command to continue" in out
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == status and s["stopped"]["checkpoint"] and s["epochs"] < 40
+    assert (tmp_path / "run" / "masks.pt").exists()
+    rc, out = train(*args)
+    assert rc == 0 and json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    rc, out = train("trainer.epochs=40", *FAST, f"hydra.run.dir={tmp_path / 'twin'}")
+    a = torch.load(tmp_path / "run" / "masks.pt", weights_only=False)["masks"]
+    b = torch.load(tmp_path / "twin" / "masks.pt", weights_only=False)["masks"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_9_mid_epoch_then_the_same_command_equals_an_uninterrupted_run(tmp_path):
+    args = ["trainer.epochs=6", "trainer.checkpoint_every_min=0.0005", "trainer.threads=1", *FAST]  # ~every 30 ms
+    p = launch(*args, f"hydra.run.dir={tmp_path / 'run'}")
+    wait_for(tmp_path / "run" / "metrics.jsonl")
+    time.sleep(0.3)
+    p.kill()
+    finish(p)
+    ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)
+    assert not (tmp_path / "run" / "summary.json").exists()  # SIGKILL: no chance to write one
+    rc, out = train(*args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert rc == 0, out[-3000:]
+    assert "continuing from last.ckpt (last status: killed)" in out
+    rc, _ = train(*args, f"hydra.run.dir={tmp_path / 'twin'}")
+    a = torch.load(tmp_path / "run" / "masks.pt", weights_only=False)["masks"]
+    b = torch.load(tmp_path / "twin" / "masks.pt", weights_only=False)["masks"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("run", "twin"))
+    assert sa["test_acc"] == sb["test_acc"] and sa["attempts"] == 2
+    assert ckpt["step"] > 0
+
+
+def test_a_signal_stops_the_whole_sweep_and_the_relaunch_continues(tmp_path):
+    args = ["-m", "seed=0,1,2", "trainer.epochs=30", *FAST, f"hydra.sweep.dir={tmp_path / 'sw'}"]
+    p = launch(*args)
+    wait_for(tmp_path / "sw" / "jobs" / "0.json")  # job 0 done, job 1 running
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    rc, out = finish(p)
+    assert rc == 143, out[-3000:]
+    assert "Traceback" not in out
+    statuses = {r["num"]: r["status"] for r in map(json.loads, (f.read_text() for f in
+                                                                  (tmp_path / "sw" / "jobs").glob("*.json")))}
+    assert statuses[0] == "completed" and statuses[1] == "preempted" and 2 not in statuses
+    rc, out = train(*args)
+    assert rc == 0 and "2 completed, 1 skipped" in out  # job 0 skipped, job 1 continued, job 2 ran
+    s1 = json.loads((tmp_path / "sw" / "1" / "summary.json").read_text())
+    assert s1["status"] == "completed" and s1["attempts"] == 2
+
+
+def test_config_rejected_in_an_existing_folder_leaves_it_untouched(tmp_path):
+    run_dir = tmp_path / "run"
+    rc, _ = train("trainer.epochs=1", *FAST, f"hydra.run.dir={run_dir}")
+    assert rc == 0
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    for bad in (["pruner.sparsity=1.5"], ["pruner.sparsity=0.8"], ["+pruner.sparsty=0.9"]):
+        rc, out = train("trainer.epochs=1", *FAST, f"hydra.run.dir={run_dir}", *bad)
+        assert rc == 2 and "Traceback" not in out, out[-2000:]
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before
