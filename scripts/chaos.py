@@ -36,35 +36,35 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["logger=none", "trainer.progress=false", "trainer.threads=1"]
 KN = ["init=kaiming_normal", "optimizer.lr=0.05"]
+EVERY_03S = "trainer.checkpoint_every_min=0.005"  # a checkpoint every ~0.3 s inside epochs
 POOL: list[tuple[str, list[str]]] = [
-    ("edge_popup digits", ["trainer.epochs=40"]),
-    ("edge_popup digits, checkpoint every ~0.3 s", ["trainer.epochs=40", "trainer.checkpoint_every_min=0.005"]),
-    ("biprop digits", ["pruner=biprop", "init=kaiming_normal", "init.scale_fan=true", "trainer.epochs=40"]),
-    ("iterand digits", ["pruner=iterand", "pruner.period=20", "trainer.epochs=40"]),
-    ("weight_recycling digits", ["pruner=weight_recycling", "pruner.every=5", "trainer.epochs=40"]),
-    ("eps_perturbation digits (long phase A)", ["pruner=eps_perturbation", "pruner.phase_a_epochs=20",
-                                                "trainer.epochs=20", "trainer.checkpoint_every_min=0.005"]),
-    ("kstarts digits (long selection)", ["pruner=kstarts", "pruner.k=4", "pruner.selection_epochs=8",
-                                         "trainer.epochs=15", "trainer.checkpoint_every_min=0.005", *KN]),
+    ("edge_popup digits", ["trainer.epochs=150"]),
+    ("edge_popup digits, mid-epoch checkpoints", ["trainer.epochs=150", EVERY_03S]),
+    ("biprop digits", ["pruner=biprop", "init=kaiming_normal", "init.scale_fan=true", "trainer.epochs=150"]),
+    ("iterand digits", ["pruner=iterand", "pruner.period=20", "trainer.epochs=150"]),
+    ("weight_recycling digits", ["pruner=weight_recycling", "pruner.every=5", "trainer.epochs=150"]),
+    ("eps_perturbation digits (long phase A)", ["pruner=eps_perturbation", "pruner.phase_a_epochs=150",
+                                                "trainer.epochs=20", EVERY_03S]),
+    ("kstarts digits (long selection)", ["pruner=kstarts", "pruner.k=4", "pruner.selection_epochs=40",
+                                         "trainer.epochs=10", EVERY_03S, *KN]),
     ("kstarts + dissipating digits", ["pruner=kstarts", "pruner.dissipating=true", "pruner.k=3",
-                                      "pruner.selection_epochs=5", "pruner.epochs_to_prune=5", "trainer.epochs=20",
+                                      "pruner.selection_epochs=20", "pruner.epochs_to_prune=20", "trainer.epochs=80",
                                       *KN]),
-    ("dissipating_gradients digits", ["pruner=dissipating_gradients", "pruner.epochs_to_prune=10", "trainer.epochs=30",
-                                      *KN]),
-    ("random digits", ["pruner=random", "trainer.epochs=30", *KN]),
-    ("magnitude digits", ["pruner=magnitude", "trainer.epochs=30", *KN]),
-    ("snip digits", ["pruner=snip", "trainer.epochs=30", *KN]),
-    ("grasp digits", ["pruner=grasp", "trainer.epochs=30", *KN]),
-    ("synflow digits", ["pruner=synflow", "trainer.epochs=30", *KN]),
-    ("phew digits", ["pruner=phew", "trainer.epochs=30", *KN]),
-    ("imp digits (3 levels)", ["pruner=imp", "pruner.levels=3", "trainer.epochs=10", *KN]),
-    ("edge_popup mnist", ["dataset=mnist", "model=lenet300_100", "trainer.epochs=3",
-                          "trainer.checkpoint_every_min=0.01"]),
-    ("snip mnist", ["dataset=mnist", "model=lenet300_100", "pruner=snip", "trainer.epochs=3", *KN]),
+    ("dissipating_gradients digits", ["pruner=dissipating_gradients", "pruner.epochs_to_prune=40",
+                                      "trainer.epochs=120", *KN]),
+    ("random digits", ["pruner=random", "trainer.epochs=120", *KN]),
+    ("magnitude digits", ["pruner=magnitude", "trainer.epochs=120", *KN]),
+    ("snip digits", ["pruner=snip", "trainer.epochs=120", *KN]),
+    ("grasp digits", ["pruner=grasp", "trainer.epochs=120", *KN]),
+    ("synflow digits", ["pruner=synflow", "trainer.epochs=120", *KN]),
+    ("phew digits", ["pruner=phew", "trainer.epochs=120", *KN]),
+    ("imp digits (4 levels)", ["pruner=imp", "pruner.levels=4", "trainer.epochs=30", *KN]),
+    ("edge_popup mnist", ["dataset=mnist", "model=lenet300_100", "trainer.epochs=5", EVERY_03S]),
+    ("snip mnist", ["dataset=mnist", "model=lenet300_100", "pruner=snip", "trainer.epochs=5", *KN]),
     ("eps_perturbation mnist", ["dataset=mnist", "model=lenet300_100", "pruner=eps_perturbation",
-                                "pruner.phase_a_steps=400", "trainer.epochs=2", "trainer.checkpoint_every_min=0.01"]),
+                                "pruner.phase_a_steps=1500", "trainer.epochs=3", EVERY_03S]),
     ("imp mnist (2 levels)", ["dataset=mnist", "model=lenet300_100", "pruner=imp", "pruner.levels=2",
-                              "trainer.epochs=2", "trainer.limit_train_batches=150", *KN]),
+                              "trainer.epochs=2", "trainer.limit_train_batches=300", EVERY_03S, *KN]),
 ]
 
 
@@ -82,6 +82,20 @@ def launch(cmd: list[str], log: Path) -> subprocess.Popen:
     with open(log, "a") as f:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
                                 env={**os.environ, "WANDB_SILENT": "true"})
+
+
+def where(out: Path) -> str:
+    """Where the newest checkpoint of the run under ``out`` stands (``-`` when there is none)."""
+    try:
+        ckpts = sorted((out / "runs").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not ckpts:
+            return "no checkpoint"
+        c = torch.load(ckpts[-1], weights_only=False, map_location="cpu")
+        stage = ckpts[-1].parent.name if ckpts[-1].parent.name.startswith("level_") else ""
+        inside = f"+{c['position']['batch']} batches" if c.get("position") else ""
+        return f"{stage + ' ' if stage else ''}{c['phase']} ep {c['epoch']}{inside}"
+    except Exception as e:  # a report must not fail
+        return f"? ({type(e).__name__})"
 
 
 def fingerprint(folder: Path) -> dict:
@@ -130,7 +144,7 @@ def one(i: int, name: str, overrides: list[str], root: Path, rng: random.Random)
         except subprocess.TimeoutExpired:
             p.send_signal(sig)
             rc = p.wait()
-            kills.append(f"{signal.Signals(sig).name}@{delay:.1f}s->{rc}")
+            kills.append(f"{signal.Signals(sig).name}@{delay:.1f}s->{rc} [{where(chaos_out)}]")
     twin_fp, chaos_fp = fingerprint(run_folder(twin_out)), fingerprint(run_folder(chaos_out))
     ts, cs = json.loads((run_folder(twin_out) / "summary.json").read_text()), \
         json.loads((run_folder(chaos_out) / "summary.json").read_text())
@@ -163,8 +177,8 @@ def main() -> int:
     t = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: one(j[0], j[1], j[2], args.out, j[3]), jobs))
-    lines = ["| # | run | kills (signal@time->exit code) | launches | attempts | twin test_acc | resumed test_acc "
-             "| sparsity | identical |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| # | run | kills (signal@time->exit code [last checkpoint]) | launches | attempts | twin test_acc "
+             "| resumed test_acc | sparsity | identical |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['i']} | {r['name']} | {', '.join(r['kills'])} | {r['launches']} | {r['attempts']} | "
                      f"{r['twin_acc']} | {r['acc']} | {r['sparsity']} | "

@@ -228,3 +228,16 @@ def test_json_files_are_strict_json(cfg_factory, tmp_path):
     assert row["epoch"] == 0 and row["train_loss"] is None and row["train_acc"] is None
     strict((tmp_path / "summary.json").read_text())
     strict((tmp_path / "run.json").read_text())
+
+
+def test_mask_warnings_name_a_layer_cut_off_every_path():
+    from ticketlab.checks import mask_warnings
+    from ticketlab.mask_structure import MaskStructure
+
+    st = MaskStructure(effective_density=0.4, effective_sparsity=0.6, disconnected_fraction=0.2, log_paths=5.0,
+                       layers={"layer1.0.conv2": {"density": 0.5, "effective_density": 0.0},
+                               "fc": {"density": 0.5, "effective_density": 0.5}})
+    (w,) = mask_warnings(st, 0.5)
+    assert "layer1.0.conv2 keep weights of which none lies on an input-output path" in w
+    assert mask_warnings(MaskStructure(0.5, 0.5, 0.0, 5.0, {"fc": {"density": 0.5, "effective_density": 0.5}}),
+                         0.5) == []

@@ -81,7 +81,8 @@ def model_warnings(model: nn.Module, input_shape: tuple[int, ...], model_name: s
 
 
 def mask_warnings(structure: Any, sparsity: float) -> list[str]:
-    """Warn when the masks leave no input-output path, or disconnect most kept weights.
+    """Warn when the masks leave no input-output path, cut a layer off every path, or disconnect most
+    kept weights.
 
     Args:
         structure: a :class:`ticketlab.mask_structure.MaskStructure` of the masked model.
@@ -93,10 +94,16 @@ def mask_warnings(structure: Any, sparsity: float) -> list[str]:
         return [f"the masks at pruner.sparsity={sparsity:g} leave no path from the input to the output: the "
                 "network's output does not depend on its input, so it can only learn the class prior. Lower "
                 "pruner.sparsity, or use a method that keeps paths (e.g. pruner=phew or pruner=synflow)."]
+    warnings = []
+    dead = [name for name, layer in structure.layers.items()
+            if layer.get("density", 0) > 0 and layer.get("effective_density", 1) == 0]
+    if dead:
+        warnings.append(f"layer(s) {', '.join(dead)} keep weights of which none lies on an input-output path "
+                        "(the network reaches its output around them, through skip connections).")
     if structure.disconnected_fraction > 0.5:
-        return [f"{structure.disconnected_fraction:.0%} of the kept weights lie on no input-output path "
-                f"(effective sparsity {structure.effective_sparsity:.4f} against {sparsity:.4f} nominal)."]
-    return []
+        warnings.append(f"{structure.disconnected_fraction:.0%} of the kept weights lie on no input-output path "
+                        f"(effective sparsity {structure.effective_sparsity:.4f} against {sparsity:.4f} nominal).")
+    return warnings
 
 
 __all__ = ["cross_checks", "mask_warnings", "model_warnings"]
