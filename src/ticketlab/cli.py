@@ -85,6 +85,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         outcome.update(status="failed", reason=describe(e))
         if not (run_dir / "summary.json").exists():
             log.error("failed: %s", describe(e), exc_info=e)
+    if not run_dir.exists():  # rejected before anything was written: there is no run folder to point to
+        outcome["run_dir"] = None
     EXIT["job"] = 0 if outcome["status"] in ("completed", "skipped") else \
         EXIT_CODES.get(outcome["status"], 1)
     if multirun:

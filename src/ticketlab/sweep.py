@@ -128,10 +128,12 @@ def report(sweep_dir: Path, expected: list[list[str]] | None) -> tuple[str, int,
             rows.append(rec)
     counts: dict[str, int] = {}
     lines = []
+    listed = [r.get("overrides") or [] for r in rows]
+    common = set.intersection(*(set(o) for o in listed)) if listed and len(rows) > 1 else set()
     for r in rows:
         status = r["status"]
         counts[status] = counts.get(status, 0) + 1
-        what = " ".join(r.get("overrides") or []) or "(no overrides)"
+        what = " ".join(o for o in (r.get("overrides") or []) if o not in common) or "(no overrides)"
         if status == "completed":
             detail = f"test_acc {_f(r.get('test_acc'))}, sparsity {_f(r.get('sparsity'))}"
         elif status == "skipped":
@@ -142,6 +144,8 @@ def report(sweep_dir: Path, expected: list[list[str]] | None) -> tuple[str, int,
                                                                              if r.get("run_dir") else ""))
     bad = sum(c for s, c in counts.items() if s not in OK_STATUSES)
     head = f"sweep {sweep_dir}: {n} job(s): " + ", ".join(f"{c} {s}" for s, c in sorted(counts.items()))
+    if common:
+        head += f"\n  every job: {' '.join(o for o in listed[0] if o in common)}"
     return "\n".join([head, *lines]), (1 if bad else 0), rows
 
 
