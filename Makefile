@@ -8,7 +8,7 @@ DATA_COPY  ?= .data
 DATA_DIR   ?= $(if $(wildcard $(SHARED)),$(abspath $(DATA_COPY)),)
 ARGS       ?=
 
-.PHONY: help install data run test lint bench clean
+.PHONY: help install data run test lint bench chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -44,6 +44,9 @@ lint: install  ## ruff
 
 bench: install  ## step-time benchmark (dense vs edge-popup)
 	$(PY) scripts/bench.py $(ARGS)
+
+chaos: install data  ## kill runs at random moments, relaunch them, compare with uninterrupted twins (minutes)
+	DATA_DIR="$(DATA_DIR)" $(PY) scripts/chaos.py $(ARGS)
 
 clean:  ## remove caches (keeps .venv, .data and outputs/)
 	rm -rf .pytest_cache .ruff_cache .cache src/*.egg-info

@@ -128,10 +128,10 @@ def test_signal_checkpoints_and_the_same_command_finishes_the_run(tmp_path, sig,
 
 
 def test_kill_9_mid_epoch_then_the_same_command_equals_an_uninterrupted_run(tmp_path):
-    args = ["trainer.epochs=6", "trainer.checkpoint_every_min=0.0005", "trainer.threads=1", *FAST]  # ~every 30 ms
+    args = ["trainer.epochs=100", "trainer.checkpoint_every_min=0.0005", "trainer.threads=1", *FAST]  # ~every 30 ms
     p = launch(*args, f"hydra.run.dir={tmp_path / 'run'}")
-    wait_for(tmp_path / "run" / "metrics.jsonl")
-    time.sleep(0.3)
+    wait_for(tmp_path / "run" / "metrics.jsonl")  # epoch 1 done; about 99 epochs (seconds) to go
+    time.sleep(0.1)
     p.kill()
     finish(p)
     ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)
@@ -149,10 +149,13 @@ def test_kill_9_mid_epoch_then_the_same_command_equals_an_uninterrupted_run(tmp_
 
 
 def test_a_signal_stops_the_whole_sweep_and_the_relaunch_continues(tmp_path):
-    args = ["-m", "seed=0,1,2", "trainer.epochs=30", *FAST, f"hydra.sweep.dir={tmp_path / 'sw'}"]
+    args = ["-m", "seed=0,1,2", "trainer.epochs=60", *FAST, f"hydra.sweep.dir={tmp_path / 'sw'}"]
     p = launch(*args)
-    wait_for(tmp_path / "sw" / "jobs" / "0.json")  # job 0 done, job 1 running
-    time.sleep(1.0)
+    wait_for(tmp_path / "sw" / "jobs" / "0.json")  # job 0 done
+    t = time.time()
+    while not list((tmp_path / "outputs" / "runs").glob("*-seed1-*/metrics.jsonl")):  # job 1 training
+        assert time.time() - t < 120
+        time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
     rc, out = finish(p)
     assert rc == 143, out[-3000:]
