@@ -490,6 +490,28 @@ def score_groups(masks: list[ScoreMask]) -> list[ScoreMask | JointTopK]:
     return list(seen.values())
 
 
+def attach_dense_masks(layers: list[tuple[str, nn.Module]], include_bias: bool = False) -> list[FixedMask]:
+    """Attach an all-ones :class:`FixedMask` to the weight (and, with ``include_bias``, the bias) of each layer.
+
+    The starting point of every method that chooses its mask after attaching it (pruning at
+    initialization, IMP, dissipating gradients, K-starts, PHEW): the mask's values are then set in place.
+
+    Args:
+        layers: ``(name, layer)`` pairs, e.g. from :func:`select_layers`.
+        include_bias: also mask the layers' biases (layers without one are skipped).
+
+    Returns:
+        The masks, in layer order (weight before bias).
+    """
+    out = []
+    for _, layer in layers:
+        for tname in ["weight"] + (["bias"] if include_bias and getattr(layer, "bias", None) is not None else []):
+            fm = FixedMask(torch.ones_like(getattr(layer, tname), dtype=torch.bool))
+            attach(layer, tname, fm)
+            out.append(fm)
+    return out
+
+
 def attach_fixed_masks(model: nn.Module, masks: dict[str, Tensor]) -> list[FixedMask]:
     """Attach a :class:`FixedMask` to each named tensor.
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import check_choice, check_range
-from ..masks import FixedMask, attach, select_layers
+from ..masks import FixedMask, attach_dense_masks, select_layers
 from ..phases import TrainState
 from .base import PruneContext, Pruner, PrunerConfig, register_pruner
 from .pai import allocate
@@ -80,11 +80,7 @@ class Dissipating(Pruner):
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         """Attach all-ones masks to the selected layers (training starts dense, or from K-starts' winner)."""
         self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
-        self.masks = []
-        for _, layer in self.layers:
-            fm = FixedMask(torch.ones_like(layer.weight, dtype=torch.bool))
-            attach(layer, "weight", fm)
-            self.masks.append(fm)
+        self.masks = attach_dense_masks(self.layers)
         self.weights = [layer.parametrizations.weight.original for _, layer in self.layers]
 
     def begin_main(self, state: TrainState, resumed: bool) -> None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, check_range
-from ..masks import FixedMask, attach, load_plain_state_dict, num_kept, plain_state_dict, select_layers, topk_mask
+from ..masks import attach_dense_masks, load_plain_state_dict, num_kept, plain_state_dict, select_layers, topk_mask
 from ..phases import TrainState
 from ..results import atomic_torch_save
 from .base import PruneContext, Pruner, PrunerConfig, register_pruner
@@ -87,11 +87,7 @@ class Imp(Pruner):
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         """All-ones masks on the selected layers (the level's mask is set by :meth:`initialize`)."""
         self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
-        self.masks = []
-        for _, layer in self.layers:
-            fm = FixedMask(torch.ones_like(layer.weight, dtype=torch.bool))
-            attach(layer, "weight", fm)
-            self.masks.append(fm)
+        self.masks = attach_dense_masks(self.layers)
         self.ctx = ctx
 
     @property

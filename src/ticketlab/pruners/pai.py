@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, NonFiniteError, check_choice, check_range
-from ..masks import FixedMask, attach, num_kept, select_layers, topk_mask
+from ..masks import FixedMask, attach_dense_masks, num_kept, select_layers, topk_mask
 from .base import PruneContext, Pruner, PrunerConfig
 
 
@@ -160,15 +160,9 @@ class ScorePruner(Pruner):
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         """Attach all-ones masks to the selected weights (and biases with ``prune_bias``); weights stay trainable."""
         self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
-        self.masks = []
-        self.weights = []
-        for _, layer in self.layers:
-            names = ["weight"] + (["bias"] if self.cfg.prune_bias and layer.bias is not None else [])
-            for tname in names:
-                fm = FixedMask(torch.ones_like(getattr(layer, tname), dtype=torch.bool))
-                attach(layer, tname, fm)
-                self.masks.append(fm)
-                self.weights.append(layer.parametrizations[tname].original)
+        self.masks = attach_dense_masks(self.layers, self.cfg.prune_bias)
+        self.weights = [layer.parametrizations[tname].original for _, layer in self.layers
+                        for tname in ["weight"] + (["bias"] if self.cfg.prune_bias and layer.bias is not None else [])]
 
     def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
         """Data for data-dependent scores; a guard the target can meet; a compression the model can hold.

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, check_choice, check_range
 from ..init import layer_generator
-from ..masks import FixedMask, attach, prunable_layers
+from ..masks import attach_dense_masks, prunable_layers
 from .base import PruneContext, Pruner, PrunerConfig, register_pruner
 
 
@@ -348,11 +348,7 @@ class Phew(Pruner):
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         """Attach all-ones masks to every prunable weight (the walks fill them in :meth:`initialize`)."""
         self.layers = prunable_layers(model)
-        self.masks = []
-        for _, layer in self.layers:
-            fm = FixedMask(torch.ones_like(layer.weight, dtype=torch.bool))
-            attach(layer, "weight", fm)
-            self.masks.append(fm)
+        self.masks = attach_dense_masks(self.layers)
 
     def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
         """The model must be walkable; ``nested_from`` must hold masks of this model.
