@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import sweep
+from . import cluster, sweep
 from .errors import EXIT_CODES, ConfigError, Preempted, RunBusy, describe
 from .run import run
 
@@ -92,6 +92,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     if multirun:
         sweep.record_job(outcome, Path(str(hc.sweep.dir)), int(hc.job.num))
     if stop is not None:
+        if isinstance(stop, Preempted):
+            cluster.hand_over(stop)  # under submitit: requeue and leave; elsewhere it returns
         raise stop
     return outcome
 

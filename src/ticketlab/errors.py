@@ -8,7 +8,8 @@ exception              status          exit code  when
 =====================  ==============  =========  ===================================================
 :class:`ConfigError`   (none written)  2          bad input, found before anything is written
 :class:`Diverged`      ``diverged``    3          a non-finite loss or non-finite scores
-:class:`Preempted`     ``preempted``   143 / 138  SIGTERM / SIGUSR1 (schedulers, ``timeout``)
+:class:`Preempted`     ``preempted``   143 / 138  SIGTERM / SIGUSR1 or SIGUSR2 (140) (schedulers,
+                                                  ``timeout``, Slurm's warning before a time limit)
 :class:`Preempted`     ``interrupted`` 130        SIGINT (Ctrl-C)
 :class:`RunBusy`       (none written)  75         another live process holds the run folder
 any other exception    ``failed``      1          a crash

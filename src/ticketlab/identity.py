@@ -136,6 +136,8 @@ def _plain(node: DictConfig, key: str) -> Any:
     value = node[key]
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
+    if key == "device" and isinstance(value, str) and value.startswith("cuda:"):
+        return "cuda"  # which GPU a run used does not change what the run is
     return value
 
 

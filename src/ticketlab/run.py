@@ -44,8 +44,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from . import cluster, rundir, stages
 from . import identity as identity_mod
-from . import rundir, stages
 from . import sweep as _sweep  # noqa: F401  (registers ${tl.sweep_name:} for every Hydra app)
 from .callbacks import LogLine, MetricsFile, TrackerLog
 from .checks import cross_checks, mask_warnings, model_warnings
@@ -176,11 +176,17 @@ def resolve(cfg: DictConfig, extra_top_level: tuple[str, ...] = ()) -> RunConfig
 def select_device(name: str) -> torch.device:
     """``auto`` -> ``cuda`` when available, else ``cpu``; other names as given.
 
+    In a parallel local sweep on several GPUs, ``auto`` spreads the jobs over them
+    (:func:`ticketlab.cluster.local_gpu`).
+
     Raises:
         ConfigError: ``cuda``/``mps`` requested but not available.
     """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        index = cluster.local_gpu(torch.cuda.device_count())
+        return torch.device("cuda" if index is None else f"cuda:{index}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name!r} but CUDA is not available here; use trainer.device=auto or cpu.")
     if name == "mps" and not torch.backends.mps.is_available():
@@ -358,8 +364,9 @@ def setup(cfg: DictConfig, run_dir: str | Path | None = None, *, initialize: boo
     """
     rc = resolve(cfg, extra_top_level)
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
-    if rc.trainer.threads:
-        torch.set_num_threads(rc.trainer.threads)
+    threads = rc.trainer.threads or cluster.slurm_cpus()  # in a Slurm job: the cores it was given
+    if threads:
+        torch.set_num_threads(threads)
     seed_everything(rc.seed, rc.trainer.deterministic)
     device = select_device(rc.trainer.device)
     stop = stop if stop is not None else StopRequest()

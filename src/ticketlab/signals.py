@@ -1,7 +1,8 @@
-"""Graceful stops: SIGTERM, SIGUSR1 and SIGINT become "finish this step, checkpoint, stop".
+"""Graceful stops: SIGTERM, SIGUSR1, SIGUSR2 and SIGINT become "finish this step, checkpoint, stop".
 
 Schedulers stop jobs with SIGTERM (Slurm at a time limit or preemption, ``timeout``, Kubernetes),
-and Slurm sends SIGUSR1 ahead of a time limit when asked (``--signal``). While a run is active,
+and Slurm sends a signal ahead of a time limit when asked (``--signal``: SIGUSR1 by convention,
+SIGUSR2 under submitit, :mod:`ticketlab.cluster`). While a run is active,
 :class:`StopRequest` turns each of these signals into a flag; the training loop looks at the flag
 after every optimizer step (and long set-up computations at their own safe points) and raises
 :class:`~ticketlab.errors.Preempted` once the checkpoint is written. A second SIGINT while
@@ -22,7 +23,7 @@ from .errors import Preempted
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 class StopRequest:

@@ -1,0 +1,95 @@
+"""Running on a cluster: Slurm jobs through submitit, and parallel local jobs on several GPUs.
+
+* **CPU cores per Slurm job** (``${tl.cpus_per_task:...}`` in ``conf/hydra/launcher/slurm.yaml``):
+  ``trainer.threads`` (1 when unset) plus the data-loading workers of the folder datasets, which
+  the in-memory sets do not use. Inside a Slurm job, ``trainer.threads=0`` means the cores Slurm
+  gave the job (``SLURM_CPUS_PER_TASK``), not every core of the node.
+* **GPU per local job**: in a sweep with a parallel local launcher, ``trainer.device=auto`` puts
+  job ``k`` on visible GPU ``k mod (number of GPUs)`` (:func:`local_gpu`), so ``n_jobs = N x GPUs``
+  puts N jobs on each GPU. Which GPU a run used never changes its identity.
+* **Preemption and time limits under submitit.** Slurm sends SIGTERM to a job it preempts or
+  requeues (``scontrol requeue``) and, with submitit, SIGUSR2 ``signal_delay_s`` seconds before
+  the time limit. TicketLab's handler (:mod:`ticketlab.signals`) finishes the step and writes the
+  checkpoint and summary; then :func:`hand_over` lets the job end the way that brings it back:
+  for SIGUSR2 it calls submitit's own handler, which resubmits the same call and requeues the job
+  (``max_num_timeout`` times at most); for SIGTERM it leaves at once, without a result, so that the
+  job Slurm requeues runs the same task again and continues from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+from omegaconf import OmegaConf
+
+from .errors import Preempted
+
+log = logging.getLogger(__name__)
+
+#: Datasets held in memory (no DataLoader workers).
+IN_MEMORY_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+
+
+def cpus_per_task(threads: int, workers: int, dataset: str) -> int:
+    """CPU cores a Slurm job asks for: ``max(threads, 1)`` plus the loader workers of folder datasets."""
+    return max(int(threads), 1) + (0 if str(dataset) in IN_MEMORY_DATASETS else max(int(workers), 0))
+
+
+if not OmegaConf.has_resolver("tl.cpus_per_task"):
+    OmegaConf.register_new_resolver("tl.cpus_per_task", cpus_per_task)
+
+
+def slurm_cpus() -> int | None:
+    """The cores Slurm gave this job (``SLURM_CPUS_PER_TASK``), or ``None`` outside Slurm."""
+    value = os.environ.get("SLURM_CPUS_PER_TASK")
+    return int(value) if value and value.isdigit() else None
+
+
+def local_gpu(device_count: int) -> int | None:
+    """The GPU index for this job of a parallel local sweep (job number mod GPUs), else ``None``.
+
+    Only in a ``-m`` sweep, with more than one visible GPU, and outside Slurm (whose jobs see only
+    their own GPUs) and outside ``torchrun`` (whose ranks use ``LOCAL_RANK``).
+    """
+    if device_count <= 1 or os.environ.get("SLURM_JOB_ID") or os.environ.get("LOCAL_RANK"):
+        return None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return None
+        hc = HydraConfig.get()
+        if not str(hc.mode).endswith("MULTIRUN"):
+            return None
+        return int(hc.job.num) % device_count
+    except Exception:
+        return None
+
+
+def under_submitit() -> bool:
+    """Whether this process is a submitit Slurm job."""
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
+def hand_over(stop: Preempted) -> None:
+    """After a stop signal was turned into a checkpoint: end a submitit job so that it comes back.
+
+    Returns (doing nothing) outside submitit. Under submitit it does not return: SIGUSR2 goes to
+    submitit's handler (resubmit and requeue, then exit); any other signal exits at once, without a
+    submitit result, since Slurm is requeueing (or cancelling) the job itself.
+    """
+    if not under_submitit():
+        return
+    logging.shutdown()  # flush the logs: the process ends here
+    sys.stdout.flush()
+    sys.stderr.flush()
+    handler = signal.getsignal(stop.signum)
+    if stop.signum == signal.SIGUSR2 and callable(handler):
+        handler(stop.signum, None)  # submitit: checkpoint, scontrol requeue, sys.exit
+    os._exit(stop.exit_code)
+
+
+__all__ = ["IN_MEMORY_DATASETS", "cpus_per_task", "hand_over", "local_gpu", "slurm_cpus", "under_submitit"]
