@@ -120,3 +120,26 @@ def test_incompatible_pruner_options_are_rejected(tmp_path):
 def test_trainer_limits_validated():
     with pytest.raises(ConfigError, match="limit_train_batches=0"):
         TrainerConfig(limit_train_batches=0)
+
+
+@pytest.mark.parametrize("overrides,cpus", [
+    ([], 1), (["trainer.threads=4"], 4), (["trainer.threads=4", "dataset=imagenet", "dataset.num_workers=8"], 12),
+    (["dataset=tiny_imagenet"], 1 + 4),  # the dataset's default workers
+])
+def test_slurm_launcher_asks_for_threads_plus_loader_workers(overrides, cpus):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["cpus_per_task"] == cpus
+    assert launcher["max_num_timeout"] > 0 and launcher["additional_parameters"]["requeue"] is True
+    assert launcher["gpus_per_node"] == 1 and launcher["partition"] is None  # nothing cluster-specific by default
+
+
+def test_strategy_and_sync_bn_are_validated():
+    with pytest.raises(ConfigError, match=r"trainer.strategy='fsdp' is not allowed; choose one of: single, ddp"):
+        TrainerConfig(strategy="fsdp")
+    with pytest.raises(ConfigError, match=r"sync_bn=true .* needs trainer.strategy=ddp"):
+        TrainerConfig(sync_bn=True)

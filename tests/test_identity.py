@@ -28,7 +28,7 @@ def test_pinned_ids():
 
 @pytest.mark.parametrize("overrides", [
     ["logger=none"], ["logger.project=other", "logger.tags=[a,b]"], ["trainer.progress=false"],
-    ["trainer.threads=1"], ["trainer.resume=fresh"], ["trainer.checkpoint_every_min=1"],
+    ["trainer.threads=1"], ["trainer.resume=fresh"], ["trainer.checkpoint_every_min=1"], ["trainer.strategy=ddp"],
     ["dataset.root=/somewhere/else"], ["dataset.num_workers=0"], ["dataset.eval_batch_size=17"],
     ["paths.output_dir=/tmp/x"], ["trainer.label_smoothing=0.0"],  # an explicit default
 ])
@@ -46,7 +46,8 @@ def test_result_affecting_keys_change_the_id(overrides):
 
 
 def test_the_excluded_keys_are_what_the_readme_lists():
-    assert NOT_IDENTITY["trainer"] == ("progress", "checkpoint", "checkpoint_every_min", "resume", "threads")
+    assert NOT_IDENTITY["trainer"] == ("progress", "checkpoint", "checkpoint_every_min", "resume", "threads",
+                                       "strategy")
     assert NOT_IDENTITY["dataset"] == ("root", "cache_dir", "download", "num_workers", "eval_batch_size")
     assert NOT_IDENTITY["logger"] is None and NOT_IDENTITY["paths"] is None
 

@@ -179,3 +179,15 @@ def test_config_rejected_in_an_existing_folder_leaves_it_untouched(tmp_path):
         assert rc == 2 and "Traceback" not in out, out[-2000:]
     after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_local_parallel_launcher_runs_jobs_in_worker_processes(tmp_path):
+    p = launch("-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "seed=0,1", "trainer.epochs=1",
+               "trainer.threads=1", *FAST)
+    code, out = finish(p)
+    assert code == 0, out[-3000:]
+    assert "2 job(s): 2 completed" in out
+    (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()  # the workers found the launcher's sweep folder
+    assert {r.name for r in (sweep / "jobs").iterdir()} == {"0.json", "1.json"}
+    pids = {json.loads((sweep / str(j) / "run.json").read_text())["attempts"][0]["pid"] for j in (0, 1)}
+    assert p.pid not in pids  # the jobs ran in joblib's worker processes, not in train.py's

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import cluster, sweep
+from . import cluster, distributed, sweep
 from .errors import EXIT_CODES, ConfigError, Preempted, RunBusy, describe
 from .run import run
 
@@ -89,7 +89,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         outcome["run_dir"] = None
     EXIT["job"] = 0 if outcome["status"] in ("completed", "skipped") else \
         EXIT_CODES.get(outcome["status"], 1)
-    if multirun:
+    if multirun and distributed.current_rank() == 0:
         sweep.record_job(outcome, Path(str(hc.sweep.dir)), int(hc.job.num))
     if stop is not None:
         if isinstance(stop, Preempted):
@@ -117,6 +117,8 @@ def main(app: Callable[[], Any]) -> NoReturn:
         sweep.partial_report()
         print("interrupted (Ctrl-C); run the same command to continue.", file=sys.stderr, flush=True)
         sys.exit(130)
+    finally:
+        distributed.shutdown()
     code = sweep.EXIT["sweep"] if sweep.EXIT["sweep"] is not None else EXIT["job"]
     sys.exit(code)
 

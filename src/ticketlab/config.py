@@ -297,7 +297,11 @@ class TrainerConfig:
             ``auto`` (skip a completed or diverged run, continue any other from its checkpoint),
             ``never`` (refuse to touch an existing run: exit with an error) or ``fresh`` (move
             the old folder aside, never deleting it, and start again).
-        threads: CPU threads for torch (0 = torch's default).
+        threads: CPU threads for torch (0 = torch's default; in a Slurm job, the cores it was given).
+        strategy: ``single`` (one process) or ``ddp`` (DistributedDataParallel over the processes
+            ``torchrun`` or Slurm started; :mod:`ticketlab.distributed`).
+        sync_bn: with ``ddp``, batch norm over the global batch (``nn.SyncBatchNorm``) instead of
+            each rank's part.
     """
 
     epochs: int = 10
@@ -312,9 +316,15 @@ class TrainerConfig:
     checkpoint_every_min: float = 15.0
     resume: str = "auto"
     threads: int = 0
+    strategy: str = "single"
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         check_choice("trainer.resume", self.resume, RESUME_MODES)
+        check_choice("trainer.strategy", self.strategy, ("single", "ddp"))
+        if self.sync_bn and self.strategy != "ddp":
+            raise ConfigError("trainer.sync_bn=true synchronises batch norm across DDP ranks; it needs "
+                              "trainer.strategy=ddp.")
         check_range("trainer.checkpoint_every_min", self.checkpoint_every_min, 0.0, float("inf"))
         if self.epochs < 0:
             raise ConfigError(f"trainer.epochs={self.epochs} is negative; it must be an integer >= 0.")

@@ -17,6 +17,10 @@ thread count the continued run is bit-for-bit the uninterrupted one.
 
 Results go to callbacks (:mod:`ticketlab.callbacks`: the ``metrics.jsonl`` file, the tracker,
 the log line), called with each epoch's metric row of the main phase.
+
+Under ``trainer.strategy=ddp`` (:mod:`ticketlab.distributed`) each rank trains on its part of every
+global batch through DistributedDataParallel, the ranks agree at every step on stopping,
+divergence and timed checkpoints, evaluation sums over ranks, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -34,9 +38,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from .data import DataBundle
-from .data.loaders import EpochOrder
+from .data.loaders import EpochOrder, eval_batches
 from .errors import Diverged, NonFiniteError
 from .masks import nonfinite_scores, sparsity_report
 from .optim import build_optimizer, build_scheduler
@@ -52,8 +57,8 @@ CHECKPOINT_FORMAT = 2
 
 def train_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable,
                optimizer: torch.optim.Optimizer, autocast: Callable[[], contextlib.AbstractContextManager],
-               after_backward: Callable[[], None] | None = None, check_loss: bool = True
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               after_backward: Callable[[], None] | None = None, check_loss: bool = True,
+               grad_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on ``batch``: forward, loss, backward, step.
 
     Args:
@@ -65,6 +70,10 @@ def train_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], loss_
         after_backward: called between ``backward`` and ``optimizer.step`` (read or edit gradients).
         check_loss: check the loss for NaN/inf before the backward pass (a host synchronisation;
             the loop asks for it every step on the CPU and every few steps on CUDA).
+        grad_scale: under DDP, ``loss_fn`` returns the *sum* over this rank's part of the batch and
+            the gradient is taken of ``sum * grad_scale`` (``world / global batch size``), so that DDP's
+            average over ranks is the mean over the global batch; the returned loss is the mean over
+            this rank's part.
 
     Returns:
         ``(loss, correct)``: the detached mean loss (0-dim float) and the number of correct
@@ -81,11 +90,12 @@ def train_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], loss_
     if check_loss and not bool(torch.isfinite(loss)):
         raise NonFiniteError("loss", f"the loss is {float(loss.detach())}")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * grad_scale if grad_scale is not None else loss).backward()
     if after_backward is not None:
         after_backward()
     optimizer.step()
-    return loss.detach(), (out.argmax(1) == y).sum()
+    mean = loss.detach() / len(y) if grad_scale is not None else loss.detach()
+    return mean, (out.argmax(1) == y).sum()
 
 
 class MainPhase(Phase):
@@ -143,24 +153,30 @@ class Trainer:
         callbacks: told about every main-phase epoch (metrics file, tracker, log).
         stop: the stop flag (signals); checked after every step.
         extra_state: JSON-able data stored in the checkpoint (the resolved config, the run id).
+        dist: this process's place in a DDP run (:data:`ticketlab.distributed.SINGLE` by default).
     """
 
     def __init__(self, model: nn.Module, pruner: Pruner, data: DataBundle, cfg: TrainerConfig,
                  optimizer_cfg: OptimizerConfig, scheduler_cfg: SchedulerConfig, device: torch.device,
                  run_dir: Path | None, ctx: PruneContext, callbacks: Sequence[Callback] = (),
-                 stop: StopRequest | None = None, extra_state: dict[str, Any] | None = None) -> None:
+                 stop: StopRequest | None = None, extra_state: dict[str, Any] | None = None,
+                 dist: distributed.Dist = distributed.SINGLE) -> None:
         self.model, self.pruner, self.data, self.cfg, self.device = model, pruner, data, cfg, device
+        self.dist = dist
+        self.shard = (dist.rank, dist.world) if dist.enabled and dist.world > 1 else None
+        self.train_model: nn.Module = model  # the model in DistributedDataParallel under DDP
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
         self.stop = stop if stop is not None else NoStop()
         self.extra_state = extra_state or {}
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing,
+                                           reduction="sum" if self.shard else "mean")
         self.main = MainPhase(pruner, optimizer_cfg, scheduler_cfg, cfg.epochs)
         self.phases: list[Phase] = [*pruner.phases(ctx), self.main]
         names = [p.name for p in self.phases]
         if len(set(names)) != len(names):
             raise ValueError(f"phase names must be unique, got {names}")
-        self.state = TrainState(model=model, device=device, data=data, run_dir=self.run_dir)
+        self.state = TrainState(model=model, device=device, data=data, run_dir=self.run_dir, dist=dist)
         self.phase_index = 0
         self.phase_begun = False
         self.global_step = 0
@@ -168,7 +184,8 @@ class Trainer:
         self.position: dict[str, Any] | None = None  # inside an epoch: order, next batch, running sums
         self._pending: dict[str, Any] | None = None  # optimizer/scheduler state to load when the phase begins
         self._last_checkpoint = time.monotonic()
-        # On CUDA the loss is checked every `sync_every` steps (one host synchronisation), on the CPU every step.
+        # On CUDA the loss (and, under DDP, the ranks' flags) is checked every `sync_every` steps (one host
+        # synchronisation), on the CPU every step.
         self.sync_every = 1 if device.type == "cpu" else 25
 
     # ------------------------------------------------------------------ helpers
@@ -203,9 +220,12 @@ class Trainer:
         return contextlib.nullcontext()
 
     def where(self) -> str:
-        """``"epoch 3, step 41"`` (with the phase when it is not ``main``)."""
+        """``"epoch 3, step 41"`` (inside epoch 3, after 41 steps) or ``"end of epoch 2, step 40"`` (with
+        the phase when it is not ``main``)."""
         phase = "" if self.phase.name == "main" else f" of phase {self.phase.name}"
-        return f"epoch {self.state.epoch + (1 if self.position else 0)}, step {self.state.step}{phase}"
+        if self.position is not None:
+            return f"epoch {self.state.epoch + 1}, step {self.state.step}{phase}"
+        return f"end of epoch {self.state.epoch}, step {self.state.step}{phase}"
 
     # ------------------------------------------------------------------ running
     def fit(self) -> list[dict[str, Any]]:
@@ -248,6 +268,7 @@ class Trainer:
             if st.scheduler is not None and self._pending.get("scheduler") is not None:
                 st.scheduler.load_state_dict(self._pending["scheduler"])
             self._pending = None
+        self.train_model = distributed.wrap(self.model, self.dist)
         self.phase_begun = True
         if not resumed and phase is not self.main:
             log.info("phase %s: %d epoch(s)%s", phase.name, phase.epochs,
@@ -269,6 +290,7 @@ class Trainer:
             st.epoch += 1
             phase.on_epoch_end(st)
             if phase is self.main:
+                distributed.check_same(self.dist, self.model)
                 self._evaluate_and_record(st.epoch, self._epoch_train, self._epoch_lr, self._epoch_start)
             else:
                 t = self._epoch_train
@@ -285,9 +307,10 @@ class Trainer:
         if self.position is not None:
             order = EpochOrder.from_state(self.position["order"])
             start = int(self.position["batch"])
-            loss_sum = torch.tensor(self.position["loss_sum"], dtype=torch.float64, device=self.device)
-            correct = torch.tensor(self.position["correct"], dtype=torch.long, device=self.device)
-            seen = int(self.position["seen"])
+            own = not self.shard or self.dist.main  # under DDP the saved running sums (every rank's) go to rank 0
+            loss_sum = torch.tensor(self.position["loss_sum"] if own else 0.0, dtype=torch.float64, device=self.device)
+            correct = torch.tensor(self.position["correct"] if own else 0, dtype=torch.long, device=self.device)
+            seen = int(self.position["seen"]) if own else 0
             self._epoch_lr = self.position["lr"]
         else:
             order, start = self.data.train.new_order(), 0
@@ -305,17 +328,24 @@ class Trainer:
         cut_short = False
         i = start
         train_start = time.perf_counter()
+        bs, n_train = self.data.train.batch_size, self.data.num_train
         try:
-            for i, (x, y) in enumerate(self.data.train.batches(order, start), start=start):
+            for i, (x, y) in enumerate(self.data.train.batches(order, start, self.shard), start=start):
                 if i >= total:
                     break
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 check = (self.global_step + 1) % self.sync_every == 0
+                scale = self.dist.world / min(bs, n_train - i * bs) if self.shard else None
                 try:
-                    loss, hits = train_step(model, (x, y), self.loss_fn, st.optimizer, self._autocast,
-                                            after_backward, check_loss=check)
+                    loss, hits = train_step(self.train_model, (x, y), self.loss_fn, st.optimizer, self._autocast,
+                                            after_backward, check_loss=check and not self.shard, grad_scale=scale)
+                    bad = None
+                    if self.shard and check:  # every rank must stop at the same step: agree first
+                        bad = "loss" if not bool(torch.isfinite(loss)) else None
                     if self.device.type != "cpu" and check and nonfinite_scores(model):
-                        raise NonFiniteError("scores", "scores are not finite")
+                        bad = "scores"
+                    if bad and not self.shard:
+                        raise NonFiniteError(bad, f"{bad} not finite")
                 except NonFiniteError as e:
                     raise Diverged(e.what, phase.name, st.epoch + 1, st.step + 1, st.lr) from e
                 st.step += 1
@@ -332,9 +362,22 @@ class Trainer:
                 last = i + 1 >= total
                 if phase.max_steps and st.step >= phase.max_steps and not last:
                     cut_short = True
-                if not last and not cut_short and (self.stop.requested or self._timer_due()):
-                    self.position = {"order": order.state_dict(), "batch": i + 1, "loss_sum": loss_sum.item(),
-                                     "correct": int(correct.item()), "seen": seen, "lr": self._epoch_lr}
+                stop_now, timer = self.stop.requested, self._timer_due()
+                if self.shard and check:
+                    diverged, stop_now, timer = distributed.agree(self.dist, [bad is not None, stop_now, timer],
+                                                                  self.device)
+                    if diverged:
+                        raise Diverged(bad or "loss", phase.name, st.epoch + 1, st.step, st.lr)
+                    if stop_now and not self.stop.requested:
+                        self.stop.request(self._agreed_signal())
+                elif self.shard:
+                    stop_now = timer = False
+                if not last and not cut_short and (stop_now or timer):
+                    sums = (loss_sum, correct, torch.tensor(seen))
+                    if self.shard:  # the checkpoint holds the running sums of every rank
+                        sums = distributed.all_sum(self.dist, *sums)
+                    self.position = {"order": order.state_dict(), "batch": i + 1, "loss_sum": float(sums[0]),
+                                     "correct": int(sums[1]), "seen": int(sums[2]), "lr": self._epoch_lr}
                     self.checkpoint()
                     self.stop.check(self.where())
                     self.position = None
@@ -344,13 +387,22 @@ class Trainer:
             bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        if self.device.type != "cpu" and not bool(torch.isfinite(loss_sum)):
+        if self.shard:  # the epoch's training metrics over every rank
+            loss_sum, correct, seen_t = distributed.all_sum(self.dist, loss_sum, correct, torch.tensor(seen))
+            seen = int(seen_t)
+        if (self.device.type != "cpu" or self.shard) and not bool(torch.isfinite(loss_sum)):
             raise Diverged("loss", phase.name, st.epoch + 1, st.step, st.lr)
         self.position = None
         elapsed = time.perf_counter() - train_start
         self._epoch_train = {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
                              "train_s": elapsed, "images": seen}
         return cut_short
+
+    def _agreed_signal(self) -> int:
+        """The signal another rank received (this one did not): SIGTERM stands for it."""
+        import signal
+
+        return signal.SIGTERM
 
     def _timer_due(self) -> bool:
         every = self.cfg.checkpoint_every_min
@@ -369,7 +421,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         try:
-            for i, (x, y) in enumerate(loader):
+            for i, (x, y) in enumerate(eval_batches(loader, self.shard)):
                 if self.cfg.limit_eval_batches and i >= self.cfg.limit_eval_batches:
                     break
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -380,7 +432,10 @@ class Trainer:
                 seen += len(y)
         except NonFiniteError as e:
             raise Diverged(e.what, self.phase.name, max(self.state.epoch, 1), self.state.step, self.state.lr) from e
-        return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+        if self.shard:
+            loss_sum, correct, seen_t = distributed.all_sum(self.dist, loss_sum, correct, torch.tensor(seen))
+            seen = int(seen_t)
+        return loss_sum.item() / max(seen, 1), int(correct.item()) / max(seen, 1)
 
     def _evaluate_and_record(self, epoch: int, train: dict[str, float], lr: float | None, start: float) -> None:
         test_loss, test_acc = self.evaluate()
@@ -407,7 +462,8 @@ class Trainer:
         """Write ``last.ckpt`` atomically (when ``trainer.checkpoint`` and a run folder are set)."""
         if not self.cfg.checkpoint or self.run_dir is None:
             return
-        atomic_torch_save(self.run_dir / "last.ckpt", self.state_dict())
+        if self.dist.main:  # under DDP only rank 0 writes; every rank holds the same state
+            atomic_torch_save(self.run_dir / "last.ckpt", self.state_dict())
         self._last_checkpoint = time.monotonic()
 
     def state_dict(self) -> dict[str, Any]:

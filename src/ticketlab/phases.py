@@ -35,10 +35,12 @@ class TrainState:
         epoch: completed epochs of the phase (0 before the first one ends).
         step: completed optimizer steps of the phase.
         epochs: how many epochs the phase lasts.
-        batch: the last training batch ``(x: (B, C, H, W), y: (B,))``, or ``None``.
+        batch: the last training batch ``(x: (B, C, H, W), y: (B,))``, or ``None`` (under DDP: this
+            rank's part of it; :meth:`global_batch` gathers the whole).
         device: the training device.
         data: the :class:`~ticketlab.data.DataBundle`.
         run_dir: the run folder (``None`` outside the runner).
+        dist: the process's place in a DDP run (:class:`ticketlab.distributed.Dist`), or ``None``.
     """
 
     model: nn.Module
@@ -52,6 +54,16 @@ class TrainState:
     step: int = 0
     epochs: int = 0
     batch: tuple[Tensor, Tensor] | None = None
+    dist: Any = None
+
+    def global_batch(self) -> tuple[Tensor, Tensor] | None:
+        """The last training batch of every rank, concatenated in rank order (the batch itself for one
+        process): what a method that fits something on "the last batch" must use to stay rank-independent."""
+        if self.batch is None or self.dist is None or not self.dist.enabled or self.dist.world == 1:
+            return self.batch
+        from .distributed import gather_batch
+
+        return gather_batch(self.dist, self.batch)
 
     def scale_lr(self, factor: float) -> None:
         """Multiply the learning rate by ``factor`` from now on (every parameter group).

@@ -44,7 +44,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from . import cluster, rundir, stages
+from . import cluster, distributed, rundir, stages
 from . import identity as identity_mod
 from . import sweep as _sweep  # noqa: F401  (registers ${tl.sweep_name:} for every Hydra app)
 from .callbacks import LogLine, MetricsFile, TrackerLog
@@ -60,7 +60,7 @@ from .config import (
     TrainerConfig,
 )
 from .data import build_data
-from .errors import ConfigError, Diverged, NonFiniteError, Preempted, check_seed, describe
+from .errors import ConfigError, Diverged, NonFiniteError, Preempted, RunBusy, check_seed, describe
 from .identity import RunIdentity
 from .init import init_weights
 from .loop import Trainer
@@ -325,6 +325,7 @@ class Job:
         trainer: the loop, with the metrics-file and log callbacks.
         warnings: legal but degenerate settings found so far.
         stop: the run's stop flag.
+        dist: this process's place in a DDP run.
     """
 
     rc: RunConfig
@@ -334,6 +335,7 @@ class Job:
     trainer: Trainer
     warnings: list[str]
     stop: StopRequest
+    dist: distributed.Dist = distributed.SINGLE
 
     @property
     def pruner(self) -> Pruner:
@@ -343,7 +345,7 @@ class Job:
 
 def setup(cfg: DictConfig, run_dir: str | Path | None = None, *, initialize: bool = True,
           stage: StageContext | None = None, stop: StopRequest | None = None,
-          extra_top_level: tuple[str, ...] = ()) -> Job:
+          extra_top_level: tuple[str, ...] = (), dist: distributed.Dist | None = None) -> Job:
     """Validate ``cfg`` and build data, model, masks, optimizer settings and the training loop.
 
     Every input check happens here; nothing is written to ``run_dir`` (with ``initialize=True``,
@@ -357,6 +359,7 @@ def setup(cfg: DictConfig, run_dir: str | Path | None = None, *, initialize: boo
         stage: the stage of a multi-stage run.
         stop: the stop flag (a new one by default; its signal handlers are installed by :func:`run`).
         extra_top_level: top-level config keys of a script's own config.
+        dist: this process's place in a DDP run (joined here from ``trainer.strategy`` by default).
 
     Raises:
         ConfigError: any bad input (config value, unknown name, missing or corrupt data,
@@ -369,10 +372,17 @@ def setup(cfg: DictConfig, run_dir: str | Path | None = None, *, initialize: boo
         torch.set_num_threads(threads)
     seed_everything(rc.seed, rc.trainer.deterministic)
     device = select_device(rc.trainer.device)
+    dist = dist if dist is not None else distributed.init(rc.trainer.strategy, device.type)
+    device = distributed.device_for(dist, device)
     stop = stop if stop is not None else StopRequest()
 
     data = build_data(rc.dataset, device, rc.seed)
     model = build_model(rc.model, data.input_shape, data.num_classes, rc.dataset.name)
+    if rc.trainer.sync_bn and dist.enabled:
+        if device.type != "cuda":
+            raise ConfigError(f"trainer.sync_bn=true needs GPUs (PyTorch's SyncBatchNorm does not run on "
+                              f"{device.type}); drop it, or run on CUDA.")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     check_compatibility(rc, model)
     warnings = list(rc.warnings) + model_warnings(model, data.input_shape, rc.model.name)
     pruner = build_pruner(rc.pruner)
@@ -384,10 +394,10 @@ def setup(cfg: DictConfig, run_dir: str | Path | None = None, *, initialize: boo
     warnings += pruner.check(model, ctx)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
+    callbacks = [MetricsFile(run_dir / "metrics.jsonl"), LogLine()] if dist.main else []  # rank 0 reports
     trainer = Trainer(model, pruner, data, rc.trainer, rc.optimizer, rc.scheduler, device, run_dir, ctx,
-                      callbacks=[MetricsFile(run_dir / "metrics.jsonl"), LogLine()], stop=stop,
-                      extra_state={"config": resolved})
-    job = Job(rc, run_dir, resolved, ctx, trainer, warnings, stop)
+                      callbacks=callbacks, stop=stop, extra_state={"config": resolved}, dist=dist)
+    job = Job(rc, run_dir, resolved, ctx, trainer, warnings, stop, dist)
     if initialize:
         pruner.initialize(model, ctx)
     return job
@@ -508,9 +518,38 @@ def _skipped(state: rundir.FolderState) -> dict[str, Any]:
     return summary
 
 
+def _folder_plan(run_dir: Path, ident: RunIdentity, resume: str, min_generation: int
+                 ) -> tuple[rundir.Decision, rundir.FolderState, rundir.RunLock | None]:
+    """Decide what to do with ``run_dir`` (rank 0); take its lock unless the run is skipped.
+
+    Raises:
+        ConfigError: the folder holds another run, or ``resume=never`` with a run in it.
+        RunBusy: another live process holds the folder.
+    """
+    state = rundir.inspect(run_dir)
+    decision = rundir.decide(state, ident, resume)
+    if decision.action == "skip":
+        return decision, state, None
+    lock = rundir.RunLock(run_dir).acquire()
+    try:
+        state = rundir.inspect(run_dir)  # under the lock: another process may have finished it meanwhile
+        decision = rundir.decide(state, ident, resume)
+    except BaseException:
+        lock.release(remove_if_empty=True)
+        raise
+    if decision.action == "skip":
+        lock.release()
+        return decision, state, None
+    decision.generation = max(decision.generation, min_generation)
+    return decision, state, lock
+
+
 def execute(cfg: DictConfig, run_dir: Path, ident: RunIdentity, stage: StageContext | None = None,
             min_generation: int = 1, before_write: Callable[[], None] | None = None) -> dict[str, Any]:
     """One (stage of a) run in ``run_dir``: skip it, continue it or start it, then report.
+
+    Under DDP (:mod:`ticketlab.distributed`) rank 0 decides, locks and writes; the other ranks follow
+    its decision, load the same checkpoint, train, and write nothing.
 
     Args:
         cfg: the composed config.
@@ -532,53 +571,69 @@ def execute(cfg: DictConfig, run_dir: Path, ident: RunIdentity, stage: StageCont
     """
     rc = resolve(cfg)
     run_dir = Path(run_dir)
-    decision = rundir.decide(rundir.inspect(run_dir), ident, rc.trainer.resume)
-    if decision.action == "skip":
-        return _skipped(rundir.inspect(run_dir))
-    lock = rundir.RunLock(run_dir).acquire()
+    dist = distributed.init(rc.trainer.strategy, select_device(rc.trainer.device).type)
+    lock: rundir.RunLock | None = None
+    plan: dict[str, Any]
+    if dist.main:
+        try:
+            decision, state, lock = _folder_plan(run_dir, ident, rc.trainer.resume, min_generation)
+            plan = {"decision": decision, "has_checkpoint": state.has_checkpoint,
+                    "attempts": len((state.record or {}).get("attempts", [])),
+                    "skipped": _skipped(state) if decision.action == "skip" else None}
+        except (ConfigError, RunBusy) as e:
+            distributed.broadcast_object(dist, {"error": (type(e).__name__, str(e))})
+            raise
+    else:
+        plan = {}
+    plan = distributed.broadcast_object(dist, plan)
+    if "error" in plan:  # rank 0 refused: so do the others, with its message
+        kind, message = plan["error"]
+        raise (RunBusy(str(run_dir), "") if kind == "RunBusy" else ConfigError(message))
+    if plan["skipped"] is not None:
+        return plan["skipped"]
+    decision = plan["decision"]
     written = False
     try:
-        state = rundir.inspect(run_dir)
-        decision = rundir.decide(state, ident, rc.trainer.resume)
-        decision.generation = max(decision.generation, min_generation)
-        if decision.action == "skip":
-            return _skipped(state)
         stop = StopRequest()
         try:
-            job = setup(cfg, run_dir, initialize=False, stage=stage, stop=stop)
+            job = setup(cfg, run_dir, initialize=False, stage=stage, stop=stop, dist=dist)
             ckpt = None
-            if decision.action == "resume" and state.has_checkpoint:
+            if decision.action == "resume" and plan["has_checkpoint"]:
                 ckpt = _load_checkpoint(run_dir / rundir.CHECKPOINT, job)
         except ConfigError:
             raise
         except Exception as e:  # a crash while building (not a user error): record it in the folder
-            written = True
+            if dist.main:
+                written = True
+                if before_write is not None:
+                    before_write()
+                _record_setup_crash(run_dir, ident, decision, e)
+            raise
+        # ---------------- from here on, the run folder is written (by rank 0) ----------------
+        written = True
+        if dist.main:
             if before_write is not None:
                 before_write()
-            _record_setup_crash(run_dir, ident, decision, e)
-            raise
-        # ---------------- from here on, the run folder is written ----------------
-        written = True
-        if before_write is not None:
-            before_write()
-        if decision.action == "fresh":
-            moved = rundir.move_aside(run_dir)
-            lock.release()
-            log.info("moved the earlier content of %s to %s", run_dir, moved)
-            lock = rundir.RunLock(run_dir).acquire()
-        elif decision.action == "resume":
-            attempts = len((state.record or {}).get("attempts", []))
-            rundir.archive_attempt(run_dir, attempts, restart=ckpt is None)
-        resumed_from = {"phase": ckpt["phase"], "epoch": ckpt["epoch"], "step": ckpt["step"]} if ckpt else None
-        record = rundir.start_attempt(run_dir, ident, decision.generation, _overrides(), resumed_from)
-        if decision.action in ("new", "fresh"):
-            _write_hydra_record(run_dir, cfg)
-        return _attempt(job, ident, stage, ckpt, record, decision)
+            if decision.action == "fresh":
+                moved = rundir.move_aside(run_dir)
+                lock.release()
+                log.info("moved the earlier content of %s to %s", run_dir, moved)
+                lock = rundir.RunLock(run_dir).acquire()
+            elif decision.action == "resume":
+                rundir.archive_attempt(run_dir, plan["attempts"], restart=ckpt is None)
+            resumed_from = {"phase": ckpt["phase"], "epoch": ckpt["epoch"], "step": ckpt["step"]} if ckpt else None
+            rundir.start_attempt(run_dir, ident, decision.generation, _overrides(), resumed_from)
+            if decision.action in ("new", "fresh"):
+                _write_hydra_record(run_dir, cfg)
+        distributed.barrier(dist)
+        return _attempt(job, ident, stage, ckpt, plan["attempts"] + 1, decision)
     except ConfigError:
-        lock.release(remove_if_empty=not written)
+        if lock is not None:
+            lock.release(remove_if_empty=not written)
         raise
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _record_setup_crash(run_dir: Path, ident: RunIdentity, decision: rundir.Decision, exc: BaseException) -> None:
@@ -603,17 +658,18 @@ def _record_setup_crash(run_dir: Path, ident: RunIdentity, decision: rundir.Deci
 
 
 def _attempt(job: Job, ident: RunIdentity, stage: StageContext | None, ckpt: dict[str, Any] | None,
-             record: dict[str, Any], decision: rundir.Decision) -> dict[str, Any]:
-    """Train one attempt of a run whose folder is ready; write its summary whatever happens."""
+             attempt: int, decision: rundir.Decision) -> dict[str, Any]:
+    """Train one attempt of a run whose folder is ready; write its summary whatever happens (rank 0)."""
     rc, trainer, run_dir = job.rc, job.trainer, job.run_dir
     model, data = trainer.model, trainer.data
-    runlog = RunLog(run_dir / "train.log")
+    main = job.dist.main
+    runlog = RunLog(run_dir / "train.log") if main else None
     t0 = time.perf_counter()
     previous_wall = (rundir.inspect(run_dir).summary or {}).get("wall_s") or 0.0 if ckpt is not None else 0.0
-    attempt = len(record["attempts"])
     wandb_id = ident.digest[:16] + (f"-g{decision.generation}" if decision.generation > 1 else "")
     group = _sweep_name() or (Path(stage.parent_dir).name if stage is not None else None)
-    tracker = Tracker(rc.logger, run_dir, job.resolved, run_id=wandb_id, name=_display_name(ident, _overrides()),
+    logger_cfg = rc.logger if main else dataclasses.replace(rc.logger, name="none")
+    tracker = Tracker(logger_cfg, run_dir, job.resolved, run_id=wandb_id, name=_display_name(ident, _overrides()),
                       group=group, job_type=rc.pruner.name)
     trainer.callbacks.append(TrackerLog(tracker))
     status, outcome, to_raise = "failed", {}, None
@@ -658,7 +714,8 @@ def _attempt(job: Job, ident: RunIdentity, stage: StageContext | None, ckpt: dic
     except BaseException as e:
         status, to_raise = "failed", e
         outcome = {"error": _error_record(e)}
-        runlog.traceback(e)
+        if runlog is not None:
+            runlog.traceback(e)
     summary = _finish(job, ident, status, outcome, warnings, previous_wall + time.perf_counter() - t0, attempt,
                       tracker, runlog)
     if to_raise is not None:
@@ -667,8 +724,9 @@ def _attempt(job: Job, ident: RunIdentity, stage: StageContext | None, ckpt: dic
 
 
 def _finish(job: Job, ident: RunIdentity, status: str, outcome: dict[str, Any], warnings: list[str], wall_s: float,
-            attempt: int, tracker: Tracker, runlog: RunLog) -> dict[str, Any]:
-    """Write the summary, the masks and the attempt record; report; never raise over the run's own outcome."""
+            attempt: int, tracker: Tracker, runlog: RunLog | None) -> dict[str, Any]:
+    """Write the summary, the masks and the attempt record (rank 0); report; never raise over the run's
+    own outcome. Returns the summary (every rank computes it)."""
     rc, trainer, run_dir = job.rc, job.trainer, job.run_dir
     model, data = trainer.model, trainer.data
     summary: dict[str, Any] = {"status": status, **outcome}
@@ -691,6 +749,8 @@ def _finish(job: Job, ident: RunIdentity, status: str, outcome: dict[str, Any], 
         summary = built
     if problems:
         summary["reporting_problems"] = list(problems)
+    if not job.dist.main:
+        return summary
     attempt_to("write summary.json", atomic_write_json, run_dir / rundir.SUMMARY, summary)
     if status in ("completed", "preempted", "interrupted"):
         attempt_to("write masks.pt", atomic_torch_save, run_dir / "masks.pt", {
@@ -706,7 +766,8 @@ def _finish(job: Job, ident: RunIdentity, status: str, outcome: dict[str, Any], 
     tracker.summary(flat)
     tracker.finish(0 if status == "completed" else 1)
     _report(summary, run_dir)
-    runlog.close()
+    if runlog is not None:
+        runlog.close()
     return summary
 
 

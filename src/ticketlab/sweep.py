@@ -154,8 +154,13 @@ def _f(x: Any) -> str:
 
 
 def write_report(sweep_dir: Path, expected: list[list[str]] | None) -> int:
-    """Print the report, write ``report.md`` and ``report.json`` in the sweep folder; return the exit code."""
+    """Print the report, write ``report.md`` and ``report.json`` in the sweep folder (rank 0 of a DDP
+    sweep only); return the exit code (on every rank)."""
+    from .distributed import current_rank
+
     text, code, rows = report(sweep_dir, expected)
+    if current_rank() != 0:
+        return code
     print(text, flush=True)
     try:
         atomic_write_bytes(sweep_dir / "report.md", (f"```\n{text}\n```\n").encode())

@@ -7,7 +7,10 @@ is and continue exactly there (:mod:`ticketlab.loop`):
   per-sample augmentation) from the loader's CPU ``torch.Generator``;
 * :meth:`batches` yields the batches of that order from a given batch index on.
 
-Iterating a loader (``for x, y in loader``) does both. :class:`TensorLoader` serves datasets that
+Iterating a loader (``for x, y in loader``) does both. With ``shard=(rank, world)``, :meth:`batches`
+yields only this rank's slice of each *global* batch (DistributedDataParallel,
+:mod:`ticketlab.distributed`): every rank draws the same order and augmentation, so N ranks see
+exactly the batches of one process, split N ways. :class:`TensorLoader` serves datasets that
 fit in memory: the whole uint8 image tensor lives on the training device and each batch is an
 index into it, normalized and (optionally) augmented on the device, with no per-sample Python
 work; augmentation draws from the same generator, whose state the checkpoint saves.
@@ -75,6 +78,13 @@ class EpochOrder:
     def from_state(cls, state: dict[str, Any]) -> EpochOrder:
         """Inverse of :meth:`state_dict`."""
         return cls(state["perm"], int(state["seed"]))
+
+
+def shard_slice(n: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s contiguous part of a batch of ``n`` among ``world`` ranks (sizes differ by at most 1)."""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return slice(lo, lo + base + (1 if rank < extra else 0))
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,17 +163,30 @@ class TensorLoader:
         """Draw the next epoch's permutation (from the generator) when shuffling."""
         return EpochOrder(torch.randperm(len(self.labels), generator=self.generator) if self.shuffle else None)
 
-    def batches(self, order: EpochOrder, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """The batches of ``order`` from batch index ``start`` on (augmentation draws from the generator)."""
+    def batches(self, order: EpochOrder, start: int = 0,
+                shard: tuple[int, int] | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of ``order`` from batch index ``start`` on (augmentation draws from the generator).
+
+        Args:
+            order: from :meth:`new_order` (``EpochOrder(None)``: dataset order).
+            start: first batch index.
+            shard: ``(rank, world)``: yield only this rank's part of each global batch
+                (:func:`shard_slice`); the whole batch is augmented, so the parts are those of one process.
+        """
         n = len(self.labels)
         perm = order.perm.to(self.images.device) if order.perm is not None else None
         for first in range(start * self.batch_size, n, self.batch_size):
-            idx = perm[first:first + self.batch_size] if perm is not None else slice(first, first + self.batch_size)
-            x = self.images[idx]
+            idx = perm[first:first + self.batch_size] if perm is not None else \
+                torch.arange(first, min(first + self.batch_size, n), device=self.images.device)
             if self.augment_pad:
-                x = random_crop_flip(x, self.augment_pad, self.generator)
+                x = random_crop_flip(self.images[idx], self.augment_pad, self.generator)
+                if shard is not None:
+                    x = x[shard_slice(len(idx), *shard)]
+            else:
+                x = self.images[idx[shard_slice(len(idx), *shard)] if shard is not None else idx]
+            y = self.labels[idx[shard_slice(len(idx), *shard)] if shard is not None else idx]
             x = (x.float() * self.scale - self.mean) / self.std
-            yield x, self.labels[idx]
+            yield x, y
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         yield from self.batches(self.new_order())
@@ -200,17 +223,17 @@ class SeededSamples(Dataset):
             return self.transform(image), label
 
 
-class _KeySampler(Sampler):
-    """Yields the keys set for the current epoch (the training loop sets them before iterating)."""
+class _BatchKeys(Sampler):
+    """Yields the batches of keys set for the current epoch (the training loop sets them before iterating)."""
 
     def __init__(self) -> None:
-        self.keys: list[tuple[int, int]] = []
+        self.batches: list[list[tuple[int, int]]] = []
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(self.keys)
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.batches)
 
 
 class StreamLoader:
@@ -234,8 +257,8 @@ class StreamLoader:
     def __init__(self, dataset: SeededSamples, batch_size: int, generator: torch.Generator, num_workers: int = 0,
                  pin_memory: bool = False) -> None:
         self.dataset, self.batch_size, self.generator = dataset, batch_size, generator
-        self.sampler = _KeySampler()
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
+        self.sampler = _BatchKeys()
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers,
                                  pin_memory=pin_memory, persistent_workers=num_workers > 0)
 
     def __len__(self) -> int:
@@ -247,11 +270,38 @@ class StreamLoader:
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         return EpochOrder(perm, seed)
 
-    def batches(self, order: EpochOrder, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """The batches of ``order`` from batch index ``start`` on."""
-        first = start * self.batch_size
-        self.sampler.keys = [(int(i), order.seed + j) for j, i in enumerate(order.perm.tolist()) if j >= first]
+    def batches(self, order: EpochOrder, start: int = 0,
+                shard: tuple[int, int] | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of ``order`` from batch index ``start`` on (``shard``: as :meth:`TensorLoader.batches`)."""
+        keys = [(int(i), order.seed + j) for j, i in enumerate(order.perm.tolist())]
+        batches = [keys[b:b + self.batch_size] for b in range(start * self.batch_size, len(keys), self.batch_size)]
+        self.sampler.batches = [b[shard_slice(len(b), *shard)] for b in batches] if shard is not None else batches
         yield from self.loader
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         yield from self.batches(self.new_order())
+
+
+def eval_batches(loader: Any, shard: tuple[int, int] | None) -> Iterator[tuple[Tensor, Tensor]]:
+    """The batches of an evaluation loader, or this rank's part of them (``shard=(rank, world)``).
+
+    A :class:`TensorLoader` splits each batch (:func:`shard_slice`); a ``DataLoader`` is read through
+    a sharded copy over every ``world``-th sample, made once per loader.
+    """
+    if shard is None or shard[1] == 1:
+        yield from loader
+        return
+    if isinstance(loader, TensorLoader):
+        yield from loader.batches(EpochOrder(None), 0, shard)
+        return
+    cached = getattr(loader, "_ticketlab_shards", None)
+    if cached is None:
+        cached = loader._ticketlab_shards = {}
+    if shard not in cached:
+        from torch.utils.data import Subset
+
+        rank, world = shard
+        cached[shard] = DataLoader(Subset(loader.dataset, list(range(rank, len(loader.dataset), world))),
+                                   batch_size=loader.batch_size, num_workers=loader.num_workers,
+                                   pin_memory=loader.pin_memory)
+    yield from cached[shard]

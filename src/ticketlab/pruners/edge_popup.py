@@ -170,7 +170,7 @@ class EdgePopup(Pruner):
             self._rescale(state)
 
     def _rescale(self, state: TrainState) -> None:
-        x, y = state.batch
+        x, y = state.global_batch()  # the whole last batch, on every rank alike
         model = state.model
         was_training = model.training
         model.eval()
