@@ -96,10 +96,15 @@ EOF
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 up() {
     need_root
     install
     mkdir -p "$DIR"
+    if ! alive "$DIR/slurmctld.pid" && port_busy 6817; then
+        die "another slurmctld already listens on port 6817 (a Slurm cluster runs here, not started from $DIR); stop it first"
+    fi
     start_munge
     write_conf
     export SLURM_CONF="$CONF"
