@@ -50,7 +50,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    multirun = str(hc.mode).endswith("MULTIRUN")
+    multirun = sweep.in_multirun()
     run_dir = Path(hc.runtime.output_dir)
     overrides = OmegaConf.to_container(hc.overrides.task, resolve=False)  # raw: "${oc.env:X}" stays as typed
     outcome: dict[str, Any] = {"overrides": overrides, "run_dir": str(run_dir)}

@@ -56,17 +56,11 @@ def local_gpu(device_count: int) -> int | None:
     """
     if device_count <= 1 or os.environ.get("SLURM_JOB_ID") or os.environ.get("LOCAL_RANK"):
         return None
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig
 
-        if not HydraConfig.initialized():
-            return None
-        hc = HydraConfig.get()
-        if not str(hc.mode).endswith("MULTIRUN"):
-            return None
-        return int(hc.job.num) % device_count
-    except Exception:
-        return None
+    from .sweep import in_multirun
+
+    return int(HydraConfig.get().job.num) % device_count if in_multirun() else None
 
 
 def under_submitit() -> bool:

@@ -140,12 +140,14 @@ def wrap(model: nn.Module, d: Dist) -> nn.Module:
 
 
 def all_sum(d: Dist, *values: torch.Tensor) -> list[torch.Tensor]:
-    """Element-wise sums over ranks (float64), each value a 0-dim tensor; identity for one process."""
+    """Element-wise sums over ranks (float64, on the first value's device), each value a 0-dim tensor;
+    identity for one process."""
     if not d.enabled or d.world == 1:
         return list(values)
     import torch.distributed as tdist
 
-    flat = torch.stack([v.detach().double().reshape(()) for v in values])
+    device = values[0].device
+    flat = torch.stack([v.detach().to(device=device, dtype=torch.float64).reshape(()) for v in values])
     tdist.all_reduce(flat)
     return list(flat.unbind())
 

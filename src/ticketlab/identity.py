@@ -125,6 +125,8 @@ def identity_values(cfg: DictConfig) -> dict[str, Any]:
                 if sub in excluded:
                     continue
                 value = _plain(node, sub)
+                if (key, sub) == ("trainer", "device") and str(value).startswith("cuda:"):
+                    value = "cuda"  # which GPU a run used does not change what the run is
                 if sub in ALWAYS_KEPT or sub not in defaults or value != defaults[sub]:
                     values[sub] = value
             out[key] = values
@@ -137,8 +139,6 @@ def _plain(node: DictConfig, key: str) -> Any:
     value = node[key]
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
-    if key == "device" and isinstance(value, str) and value.startswith("cuda:"):
-        return "cuda"  # which GPU a run used does not change what the run is
     return value
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,7 +109,6 @@ class MainPhase(Phase):
                  epochs: int) -> None:
         self.pruner, self.optimizer_cfg, self.scheduler_cfg = pruner, optimizer_cfg, scheduler_cfg
         self.epochs = epochs
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
     def begin(self, state: TrainState, resumed: bool) -> torch.optim.Optimizer:
         """The method's :meth:`~ticketlab.pruners.Pruner.begin_main`, then the optimizer and scheduler."""
@@ -195,24 +195,9 @@ class Trainer:
         return self.phases[self.phase_index]
 
     @property
-    def epoch(self) -> int:
-        """Completed epochs of the current phase."""
-        return self.state.epoch
-
-    @property
-    def step(self) -> int:
-        """Completed optimizer steps of the current phase."""
-        return self.state.step
-
-    @property
     def optimizer(self) -> torch.optim.Optimizer | None:
         """The current phase's optimizer."""
         return self.state.optimizer
-
-    @property
-    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
-        """The current phase's scheduler."""
-        return self.state.scheduler
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.amp and self.device.type == "cuda":
@@ -262,7 +247,7 @@ class Trainer:
         st.phase, st.epochs = phase.name, phase.epochs
         resumed = self.phase_begun
         st.optimizer = phase.begin(st, resumed)
-        st.scheduler = getattr(phase, "scheduler", None) if phase is self.main else None
+        st.scheduler = phase.scheduler
         if self._pending is not None:
             st.optimizer.load_state_dict(self._pending["optimizer"])
             if st.scheduler is not None and self._pending.get("scheduler") is not None:
@@ -339,15 +324,15 @@ class Trainer:
                 try:
                     loss, hits = train_step(self.train_model, (x, y), self.loss_fn, st.optimizer, self._autocast,
                                             after_backward, check_loss=check and not self.shard, grad_scale=scale)
-                    bad = None
-                    if self.shard and check:  # every rank must stop at the same step: agree first
-                        bad = "loss" if not bool(torch.isfinite(loss)) else None
-                    if self.device.type != "cpu" and check and nonfinite_scores(model):
-                        bad = "scores"
-                    if bad and not self.shard:
-                        raise NonFiniteError(bad, f"{bad} not finite")
                 except NonFiniteError as e:
                     raise Diverged(e.what, phase.name, st.epoch + 1, st.step + 1, st.lr) from e
+                bad = None  # found after the step: under DDP every rank must agree before stopping
+                if check and self.shard and not bool(torch.isfinite(loss)):
+                    bad = "loss"
+                elif check and self.device.type != "cpu" and nonfinite_scores(model):
+                    bad = "scores"
+                if bad and not self.shard:
+                    raise Diverged(bad, phase.name, st.epoch + 1, st.step + 1, st.lr)
                 st.step += 1
                 self.global_step += 1
                 st.batch = (x, y)
@@ -368,12 +353,12 @@ class Trainer:
                                                                   self.device)
                     if diverged:
                         raise Diverged(bad or "loss", phase.name, st.epoch + 1, st.step, st.lr)
-                    if stop_now and not self.stop.requested:
-                        self.stop.request(self._agreed_signal())
+                    if stop_now and not self.stop.requested:  # another rank got the signal: SIGTERM stands for it
+                        self.stop.request(signal.SIGTERM)
                 elif self.shard:
                     stop_now = timer = False
                 if not last and not cut_short and (stop_now or timer):
-                    sums = (loss_sum, correct, torch.tensor(seen))
+                    sums = (loss_sum, correct, torch.tensor(seen, device=self.device))
                     if self.shard:  # the checkpoint holds the running sums of every rank
                         sums = distributed.all_sum(self.dist, *sums)
                     self.position = {"order": order.state_dict(), "batch": i + 1, "loss_sum": float(sums[0]),
@@ -388,7 +373,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         if self.shard:  # the epoch's training metrics over every rank
-            loss_sum, correct, seen_t = distributed.all_sum(self.dist, loss_sum, correct, torch.tensor(seen))
+            loss_sum, correct, seen_t = distributed.all_sum(self.dist, loss_sum, correct,
+                                                            torch.tensor(seen, device=self.device))
             seen = int(seen_t)
         if (self.device.type != "cpu" or self.shard) and not bool(torch.isfinite(loss_sum)):
             raise Diverged("loss", phase.name, st.epoch + 1, st.step, st.lr)
@@ -397,12 +383,6 @@ class Trainer:
         self._epoch_train = {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
                              "train_s": elapsed, "images": seen}
         return cut_short
-
-    def _agreed_signal(self) -> int:
-        """The signal another rank received (this one did not): SIGTERM stands for it."""
-        import signal
-
-        return signal.SIGTERM
 
     def _timer_due(self) -> bool:
         every = self.cfg.checkpoint_every_min
@@ -433,7 +413,8 @@ class Trainer:
         except NonFiniteError as e:
             raise Diverged(e.what, self.phase.name, max(self.state.epoch, 1), self.state.step, self.state.lr) from e
         if self.shard:
-            loss_sum, correct, seen_t = distributed.all_sum(self.dist, loss_sum, correct, torch.tensor(seen))
+            loss_sum, correct, seen_t = distributed.all_sum(self.dist, loss_sum, correct,
+                                                            torch.tensor(seen, device=self.device))
             seen = int(seen_t)
         return loss_sum.item() / max(seen, 1), int(correct.item()) / max(seen, 1)
 

@@ -103,12 +103,15 @@ class Phase:
         epochs: passes over the training set.
         max_steps: stop the phase after this many optimizer steps (``None``: after ``epochs``).
         batches_per_epoch: cap on the batches of each epoch (on top of ``trainer.limit_train_batches``).
+        scheduler: a per-epoch learning-rate scheduler set by :meth:`begin`, stepped by the phase's
+            :meth:`on_epoch_end` (``None``: a constant rate); the loop checkpoints it.
     """
 
     name: str = "phase"
     epochs: int = 1
     max_steps: int | None = None
     batches_per_epoch: int | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
     def begin(self, state: TrainState, resumed: bool) -> torch.optim.Optimizer:
         """Set which tensors train and return the phase's optimizer.

@@ -460,10 +460,7 @@ def _overrides() -> list[str]:
 
 def _sweep_name() -> str | None:
     """The sweep folder's name in a ``-m`` sweep (the default W&B group)."""
-    hc = _hydra()
-    if hc is None or str(hc.mode) not in ("RunMode.MULTIRUN", "MULTIRUN"):
-        return None
-    return Path(str(hc.sweep.dir)).name
+    return Path(str(_hydra().sweep.dir)).name if _sweep.in_multirun() else None
 
 
 def _display_name(ident: RunIdentity, overrides: list[str]) -> str:
@@ -665,7 +662,7 @@ def _attempt(job: Job, ident: RunIdentity, stage: StageContext | None, ckpt: dic
     main = job.dist.main
     runlog = RunLog(run_dir / "train.log") if main else None
     t0 = time.perf_counter()
-    previous_wall = (rundir.inspect(run_dir).summary or {}).get("wall_s") or 0.0 if ckpt is not None else 0.0
+    previous_wall = ((rundir.inspect(run_dir).summary or {}).get("wall_s") or 0.0) if ckpt is not None else 0.0
     wandb_id = ident.digest[:16] + (f"-g{decision.generation}" if decision.generation > 1 else "")
     group = _sweep_name() or (Path(stage.parent_dir).name if stage is not None else None)
     logger_cfg = rc.logger if main else dataclasses.replace(rc.logger, name="none")
@@ -742,7 +739,7 @@ def _finish(job: Job, ident: RunIdentity, status: str, outcome: dict[str, Any], 
 
     extra = {"run_id": ident.digest, "run_name": ident.name, "attempts": attempt, "warnings": warnings, **outcome}
     extra.update(attempt_to("collect the method's facts", job.pruner.summary) or {})
-    if status not in ("diverged",):
+    if status != "diverged":
         extra.update(attempt_to("compute mask-structure metrics", structure_summary, model, data.input_shape) or {})
     built = attempt_to("build the summary", summarize, rc, model, trainer.history, status, wall_s, run_dir, extra)
     if built is not None:
@@ -754,7 +751,7 @@ def _finish(job: Job, ident: RunIdentity, status: str, outcome: dict[str, Any], 
     attempt_to("write summary.json", atomic_write_json, run_dir / rundir.SUMMARY, summary)
     if status in ("completed", "preempted", "interrupted"):
         attempt_to("write masks.pt", atomic_torch_save, run_dir / "masks.pt", {
-            "masks": mask_dict(model) if status != "diverged" else {},
+            "masks": mask_dict(model),
             "status": status,
             "weight_seed": rc.seed if rc.init.weight_seed is None else rc.init.weight_seed,
             "score_seed": job.ctx.score_seed,

@@ -60,6 +60,14 @@ def sweep_name(overrides: list[str], sweeper_params: dict[str, Any] | None = Non
     return f"{readable}-{digest}"
 
 
+def in_multirun() -> bool:
+    """Whether this process is running a job of a Hydra ``-m`` sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _sweep_name_resolver() -> str:
     return _CURRENT["name"] or "sweep"
 
@@ -197,13 +205,8 @@ class SweepReport(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Remember the sweep folder (for a partial report if a signal stops the sweep)."""
-        try:
-            from hydra.core.hydra_config import HydraConfig
-
-            if str(HydraConfig.get().mode).endswith("MULTIRUN"):
-                _CURRENT["dir"] = str(config.hydra.sweep.dir)
-        except Exception:
-            pass
+        if in_multirun():
+            _CURRENT["dir"] = str(config.hydra.sweep.dir)
 
 
 def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -212,5 +215,5 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     return sorted((r for r in out if isinstance(r, dict)), key=lambda r: r.get("num", 0))
 
 
-__all__ = ["EXIT", "SweepReport", "partial_report", "read_jobs", "record_job", "report", "sweep_name",
+__all__ = ["EXIT", "SweepReport", "in_multirun", "partial_report", "read_jobs", "record_job", "report", "sweep_name",
            "write_report"]

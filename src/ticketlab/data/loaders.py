@@ -178,13 +178,12 @@ class TensorLoader:
         for first in range(start * self.batch_size, n, self.batch_size):
             idx = perm[first:first + self.batch_size] if perm is not None else \
                 torch.arange(first, min(first + self.batch_size, n), device=self.images.device)
-            if self.augment_pad:
-                x = random_crop_flip(self.images[idx], self.augment_pad, self.generator)
-                if shard is not None:
-                    x = x[shard_slice(len(idx), *shard)]
+            part = shard_slice(len(idx), *shard) if shard is not None else slice(None)
+            if self.augment_pad:  # the whole global batch draws its augmentation, as in one process
+                x = random_crop_flip(self.images[idx], self.augment_pad, self.generator)[part]
             else:
-                x = self.images[idx[shard_slice(len(idx), *shard)] if shard is not None else idx]
-            y = self.labels[idx[shard_slice(len(idx), *shard)] if shard is not None else idx]
+                x = self.images[idx[part]]
+            y = self.labels[idx[part]]
             x = (x.float() * self.scale - self.mean) / self.std
             yield x, y
 
