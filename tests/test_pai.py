@@ -79,6 +79,21 @@ def test_snip_scores_by_hand():
     assert torch.allclose(s2, ((g2a + g2b) * W2).abs())
 
 
+def test_snip_scores_the_mask_gradient_so_pruned_weights_keep_scores():
+    """Iterative SNIP (Synaptic-Flow): |dL/dm| at the current mask, |dL/dW_eff * W|, non-zero where m = 0."""
+    net = tiny()
+    for layer in (net[0], net[2]):
+        attach(layer, "weight", FixedMask(torch.ones_like(layer.weight, dtype=torch.bool)))
+    m1 = torch.rand(W1.shape, generator=torch.Generator().manual_seed(1)) > 0.5
+    net[0].parametrizations.weight[0].mask.copy_(m1)
+    weights = [net[0].parametrizations.weight.original, net[2].parametrizations.weight.original]
+    s1, s2 = build_pruner(SnipConfig(data_batches=1)).score(net, weights, ctx_with([(X, Y)]))
+    g1, g2 = manual_grads(W1 * m1, W2, X, Y)  # gradients with respect to the effective weights
+    assert torch.allclose(s1, (g1 * W1).abs()) and torch.allclose(s2, (g2 * W2).abs())
+    assert (s1[~m1] > 0).any()  # pruned weights keep a score and may come back
+    assert not net[0].parametrizations.weight[0].mask.requires_grad  # left as found
+
+
 def test_grasp_scores_by_finite_differences():
     t = 200.0
     (s1, s2), _ = scores_of(GraspConfig(data_batches=1))

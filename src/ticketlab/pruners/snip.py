@@ -1,8 +1,11 @@
 """``pruner=snip``: connection sensitivity (Lee, Ajanthan & Torr, ICLR 2019, Eq. 6).
 
-Score ``|dL/dm| = |g * W|`` at ``m = 1`` with ``g = dL/dW`` of the mean cross-entropy, gradients
-summed over ``data_batches`` training batches (Synaptic-Flow ``Pruners/pruners.py::SNIP``; the
-normalisation by the global sum does not change the ranking and is skipped).
+Score ``|dL/dm|``, the gradient with respect to the mask of the mean cross-entropy, summed over
+``data_batches`` training batches (Synaptic-Flow ``Pruners/pruners.py::SNIP``, which sets
+``mask.requires_grad`` and scores ``|mask.grad|``; its normalisation by the global sum does not change the
+ranking and is skipped). With ``W_eff = W * m``, ``dL/dm = dL/dW_eff * W``: at ``m = 1`` (one-shot SNIP)
+this is ``|g * W|`` with ``g = dL/dW``; in later rounds of iterative SNIP the pruned weights keep non-zero
+scores (``W`` is their unmasked value), so they can come back, as in the reference.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ..masks import masked_tensors
 from .base import PruneContext, register_pruner
 from .pai import ScorePruner, ScorePrunerConfig
 
@@ -30,10 +34,17 @@ class Snip(ScorePruner):
     needs_data = True
 
     def score(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext) -> list[Tensor]:
-        """``|sum_batches dL/dW * W|`` (shape of each weight)."""
-        for w in weights:
-            w.requires_grad_(True)
-            w.grad = None
-        for x, y in self.batches(ctx):
-            nn.functional.cross_entropy(model(x), y).backward()
-        return [(w.grad * w).detach().abs() for w in weights]
+        """``|sum_batches dL/dm|`` at the current masks (shape of each weight)."""
+        by_tensor = {id(mt.original): mt.mask.mask for mt in masked_tensors(model)}
+        masks = [by_tensor[id(w)] for w in weights]
+        try:
+            for m in masks:
+                m.requires_grad_(True)
+                m.grad = None
+            for x, y in self.batches(ctx):
+                nn.functional.cross_entropy(model(x), y).backward()
+            return [m.grad.detach().abs().to(w.dtype) for m, w in zip(masks, weights, strict=True)]
+        finally:
+            for m in masks:
+                m.requires_grad_(False)
+                m.grad = None
