@@ -127,6 +127,10 @@ class MainPhase(Phase):
         if state.scheduler is not None:
             state.scheduler.step()
 
+    def after_evaluation(self, state: TrainState) -> None:
+        """The method's post-evaluation hook."""
+        self.pruner.after_evaluation(state)
+
 
 class Callback:
     """Something the loop tells about progress (see :mod:`ticketlab.callbacks`)."""
@@ -277,6 +281,7 @@ class Trainer:
             if phase is self.main:
                 distributed.check_same(self.dist, self.model)
                 self._evaluate_and_record(st.epoch, self._epoch_train, self._epoch_lr, self._epoch_start)
+                phase.after_evaluation(st)
             else:
                 t = self._epoch_train
                 log.info("phase %s epoch %d: train_loss %.4f train_acc %.4f (%.1f s)", phase.name, st.epoch,

@@ -133,6 +133,9 @@ class Phase:
     def on_epoch_end(self, state: TrainState) -> None:
         """After each completed epoch of the phase."""
 
+    def after_evaluation(self, state: TrainState) -> None:
+        """After the epoch's evaluation (main phase only), before the epoch's checkpoint."""
+
     def end(self, state: TrainState) -> None:
         """When the phase is over (its last step taken), before the next phase begins."""
 

@@ -153,6 +153,10 @@ class Pruner:
         """Called after every main training epoch, before the LR scheduler steps and before evaluation;
         ``state.epoch`` is the number of completed epochs (from 1)."""
 
+    def after_evaluation(self, state: TrainState) -> None:
+        """Called after every main training epoch's evaluation and metric row, before its checkpoint
+        (e.g. weight recycling, which the reference applies after validation)."""
+
     def state_dict(self) -> dict[str, Any]:
         """Method state to checkpoint (counters, RNG states...); default empty."""
         return {}

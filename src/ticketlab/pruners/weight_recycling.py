@@ -9,8 +9,11 @@ the i-th of the top block, both in ascending score order). Scores, optimizer sta
 rule are untouched. ``source=next_lowest`` is the paper's ablation (copy from positions
 ``q..2q-1`` instead of the top block).
 
-Schedule (reference ``main.py``): after 0-based epoch ``e`` when ``e > 0``, ``e % every == 0``,
-``e != epochs - 1`` and ``e >= warmup``.
+Schedule (reference ``main.py`` / ``main_parallel.py``): after 0-based epoch ``e`` when ``e > 0``,
+``e % every == 0``, ``e != epochs - 1`` and ``e > warmup`` (the reference's ``rerand_warmup`` test), after
+that epoch's evaluation (the reference recycles after validation, so an epoch's reported accuracy is
+the one before recycling). ``every_steps > 0`` recycles instead after every ``every_steps``-th optimizer step
+(the reference's iteration frequency, ``trainers/default.py``), once ``e > warmup``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from ..errors import ConfigError, check_choice, check_range
@@ -37,7 +41,8 @@ class WeightRecyclingConfig(EdgePopupConfig):
         base: ``edge_popup`` or ``biprop`` (which mask the recycling runs on).
         rate: rho, fraction of each layer's weights recycled, in [0, 1] (default 0.2).
         every: F, epochs between recyclings (default 10).
-        warmup: no recycling before this 0-based epoch.
+        every_steps: > 0: recycle every this many optimizer steps instead of every ``every`` epochs.
+        warmup: recycle only after 0-based epochs ``e > warmup`` (0: from the end of epoch 1 on).
         source: ``top`` (the method) or ``next_lowest`` (the ablation).
     """
 
@@ -45,6 +50,7 @@ class WeightRecyclingConfig(EdgePopupConfig):
     base: str = "edge_popup"
     rate: float = 0.2
     every: int = 10
+    every_steps: int = 0
     warmup: int = 0
     source: str = "top"
 
@@ -54,14 +60,28 @@ class WeightRecyclingConfig(EdgePopupConfig):
         check_range("pruner.rate", self.rate, 0.0, 1.0)
         check_range("pruner.every", self.every, 1, float("inf"))
         check_range("pruner.warmup", self.warmup, 0, float("inf"))
+        check_range("pruner.every_steps", self.every_steps, 0, float("inf"))
         check_choice("pruner.source", self.source, ("top", "next_lowest"))
         if self.source == "next_lowest":
             check_range("pruner.rate", self.rate, 0.0, 0.5)
         density = 1.0 - self.sparsity
-        if self.rate > density:
+        if self.rate > density + 1e-12:  # 0.2 at sparsity 0.8 is allowed (1 - 0.8 = 0.19999999999999996)
             raise ConfigError(f"pruner.rate={self.rate} exceeds the density {density:g} (pruner.sparsity="
                               f"{self.sparsity}): the {self.rate:g} highest-|score| weights that donate their values "
                               f"would include pruned ones; allowed: pruner.rate <= 1 - pruner.sparsity.")
+
+
+def capped_rate(rate: float, sparsity: float) -> float:
+    """``min(rate, 1 - sparsity)``: a recycling rate whose donors are all kept weights at any sparsity.
+
+    The ``${tl.recycle_rate:<rate>,${pruner.sparsity}}`` resolver of the method presets
+    (``conf/method/*_recycle.yaml``), so that one preset serves a sweep that reaches 99 % pruned.
+    """
+    return min(float(rate), 1.0 - float(sparsity))
+
+
+if not OmegaConf.has_resolver("tl.recycle_rate"):
+    OmegaConf.register_new_resolver("tl.recycle_rate", capped_rate)
 
 
 @register_pruner("weight_recycling", WeightRecyclingConfig)
@@ -84,7 +104,7 @@ class WeightRecycling(EdgePopup):
     def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
         """Warn when the schedule never recycles in a run this short."""
         warnings = super().check(model, ctx)
-        if self.cfg.rate > 0 and not any(self.due(e) for e in range(1, ctx.epochs + 1)):
+        if self.cfg.rate > 0 and not self.cfg.every_steps and not any(self.due(e) for e in range(1, ctx.epochs + 1)):
             warnings.append(f"pruner=weight_recycling never recycles in this run: pruner.every={self.cfg.every} "
                             f"and pruner.warmup={self.cfg.warmup} leave no recycling epoch before the last of "
                             f"trainer.epochs={ctx.epochs}; the run is plain {self.cfg.base}.")
@@ -93,14 +113,24 @@ class WeightRecycling(EdgePopup):
     def due(self, epoch: int) -> bool:
         """Whether recycling follows completed epoch ``epoch`` (1-based), per the reference schedule."""
         e = epoch - 1
-        return e > 0 and e % self.cfg.every == 0 and e != self.total_epochs - 1 and e >= self.cfg.warmup
+        if self.cfg.every_steps:
+            return False
+        return e > 0 and e % self.cfg.every == 0 and e != self.total_epochs - 1 and e > self.cfg.warmup
 
-    def on_epoch_end(self, state: TrainState) -> None:
-        """Annealing/scaling (edge-popup), then recycle when due."""
-        super().on_epoch_end(state)
+    def after_evaluation(self, state: TrainState) -> None:
+        """Recycle when due, after the epoch's evaluation (as the reference)."""
+        super().after_evaluation(state)
         if self.due(state.epoch):
             self.recycle(state.model)
             self.recycled_at.append(state.epoch)
+
+    def on_step_end(self, state: TrainState) -> None:
+        """Score clamping (edge-popup); with ``every_steps``, recycle every ``every_steps`` steps after warm-up
+        (``recycled_at`` then holds step numbers)."""
+        super().on_step_end(state)
+        if self.cfg.every_steps and state.step % self.cfg.every_steps == 0 and state.epoch > self.cfg.warmup:
+            self.recycle(state.model)
+            self.recycled_at.append(state.step)
 
     @torch.no_grad()
     def recycle(self, model: nn.Module) -> None:
