@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..masks import BipropMask
+from ..errors import check_range
+from ..masks import BipropMask, score_groups
+from ..phases import TrainState
 from .base import PruneContext, register_pruner
 from .edge_popup import EdgePopup, EdgePopupConfig
 
@@ -56,10 +58,23 @@ def binarize_activations(model: nn.Module) -> int:
 
 @dataclass
 class BipropConfig(EdgePopupConfig):
-    """``pruner=biprop``: every edge-popup option, plus ``binary_activations`` (MPT-1/1)."""
+    """``pruner=biprop``: every edge-popup option, plus:
+
+    Attributes:
+        binary_activations: sign activations with the Bi-Real surrogate gradient (MPT-1/1).
+        ramp_epochs: with ``scope=global`` and a target density <= 0.5, the density starts at 0.5 and
+            falls to the target over the first ``ramp_epochs`` epochs on a cubic schedule,
+            ``d_e = d + (0.5 - d) (1 - e / ramp_epochs)^3`` for 0-based epoch ``e < ramp_epochs``
+            (chrundle/biprop ``main.py``, against layer collapse); 0 turns it off. Layerwise scope: unused.
+    """
 
     name: str = "biprop"
     binary_activations: bool = False
+    ramp_epochs: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("pruner.ramp_epochs", self.ramp_epochs, 0, float("inf"))
 
 
 @register_pruner("biprop", BipropConfig)
@@ -75,9 +90,43 @@ class Biprop(EdgePopup):
         if self.cfg.binary_activations:
             binarize_activations(model)
 
+    @property
+    def ramps(self) -> bool:
+        """Whether the global density ramp applies (global scope, target density <= 0.5, no annealing)."""
+        return (self.cfg.scope == "global" and self.cfg.ramp_epochs > 0 and 1.0 - self.cfg.sparsity <= 0.5
+                and not self.cfg.anneal_levels)
+
+    def ramp_density(self, epoch: int) -> float:
+        """Density during 0-based epoch ``epoch`` (the target from ``ramp_epochs`` on)."""
+        target = 1.0 - self.cfg.sparsity
+        if not self.ramps or epoch >= self.cfg.ramp_epochs:
+            return target
+        return target + (0.5 - target) * (1.0 - epoch / self.cfg.ramp_epochs) ** 3
+
+    def _apply_ramp(self, epoch: int) -> None:
+        if self.ramps:
+            for unit in score_groups(self.masks):
+                unit.set_sparsity(1.0 - self.ramp_density(epoch))
+
+    def begin_main(self, state: TrainState, resumed: bool) -> None:
+        """Set the ramp's density for the epoch the training starts (or resumes) in."""
+        super().begin_main(state, resumed)
+        self._apply_ramp(state.epoch)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Edge-popup's epoch hook, then the ramp's density for the next epoch."""
+        super().on_epoch_end(state)
+        self._apply_ramp(state.epoch)
+
     def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
-        """Warn when constant-magnitude weights make biprop identical to edge-popup."""
+        """Warn when constant-magnitude weights make biprop identical to edge-popup, and when the density
+        ramp does not reach the target within the run."""
         warnings = super().check(model, ctx)
+        if self.ramps and ctx.epochs < self.cfg.ramp_epochs:
+            warnings.append(f"pruner=biprop ramps the global density from 0.5 to {1 - self.cfg.sparsity:g} over "
+                            f"pruner.ramp_epochs={self.cfg.ramp_epochs} epochs, longer than trainer.epochs="
+                            f"{ctx.epochs}: the run ends at density {self.ramp_density(ctx.epochs - 1):.4g}; "
+                            "set pruner.ramp_epochs=0 or train longer.")
         if ctx.init.name in ("signed_constant", "unsigned_constant"):
             warnings.append(f"pruner=biprop with init={ctx.init.name}: every kept weight of a layer already has the "
                             "same magnitude, so alpha * sign(W) = W and biprop is edge-popup; the paper uses "
