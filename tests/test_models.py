@@ -78,3 +78,18 @@ def test_model_that_does_not_fit_the_input_is_rejected():
 def test_unknown_model_lists_options():
     with pytest.raises(ConfigError, match="choose one of: .*conv6.*lenet300_100"):
         build_model(ModelConfig(name="alexnet"), (3, 32, 32), 10)
+
+
+def test_resnet_fixed_stem_width():
+    """IteRand's reference keeps a 64-channel stem at every width factor (``model.stem_width``)."""
+    from ticketlab.config import ModelConfig
+    from ticketlab.errors import ConfigError
+    from ticketlab.models import build_model
+
+    model = build_model(ModelConfig(name="resnet18", width_mult=0.5, stem_width=64), (3, 32, 32), 10)
+    assert model.conv1.out_channels == 64 and model.layers[0].conv1.in_channels == 64
+    assert model.layers[0].conv1.out_channels == 32 and not isinstance(model.layers[0].shortcut, torch.nn.Identity)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert build_model(ModelConfig(name="resnet18", width_mult=0.5), (3, 32, 32), 10).conv1.out_channels == 32
+    with pytest.raises(ConfigError, match="model.stem_width=64 applies to the CIFAR ResNets"):
+        ModelConfig(name="conv6", stem_width=64)

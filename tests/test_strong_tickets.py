@@ -17,7 +17,9 @@ from ticketlab.masks import (
     attach_score_masks,
     masked_tensors,
     num_kept,
+    num_kept_percentile,
     prunable_layers,
+    score_groups,
     select_layers,
     sparsity_report,
 )
@@ -192,6 +194,32 @@ def test_recycling_copies_paired_values_and_touches_nothing_else(source):
 def test_recycling_schedule_follows_reference():
     _, pruner = prepared(WeightRecyclingConfig(every=3, warmup=4), epochs=14)
     assert [e for e in range(1, 15) if pruner.due(e)] == [7, 10, 13]  # 0-based 6, 9, 12; never the last
+    _, pruner = prepared(WeightRecyclingConfig(every=3, warmup=6), epochs=14)
+    assert [e for e in range(1, 15) if pruner.due(e)] == [10, 13]  # reference: epoch > warmup, so not 0-based 6
+
+
+def test_recycling_happens_after_the_epochs_evaluation(cfg_factory, tmp_path):
+    job = setup(cfg_factory("pruner=weight_recycling", "pruner.every=1", "trainer.epochs=4"), run_dir=tmp_path)
+    calls = []
+    original = job.pruner.recycle
+
+    def spy(model):
+        calls.append((job.trainer.state.epoch, len(job.trainer.history)))
+        original(model)
+
+    job.pruner.recycle = spy
+    job.trainer.fit()
+    # after 0-based epochs 1 and 2 (never after the last), each time with that epoch's metric row written
+    assert calls == [(2, 2), (3, 3)]
+    assert job.pruner.recycled_at == [2, 3]
+
+
+def test_recycling_every_steps(cfg_factory, tmp_path):
+    job = setup(cfg_factory("pruner=weight_recycling", "pruner.every_steps=7", "trainer.epochs=2",
+                            "trainer.limit_train_batches=10"), run_dir=tmp_path)
+    job.trainer.fit()
+    # optimizer steps 7 and 14 are multiples of 7; step 7 is inside 0-based epoch 0, which is not > warmup = 0
+    assert job.pruner.recycled_at == [14]
 
 
 def test_recycling_on_biprop():
@@ -410,3 +438,53 @@ def test_annealing_needs_enough_epochs():
     model, pruner = prepared(EdgePopupConfig(anneal_levels=5), epochs=3)
     with pytest.raises(ConfigError, match="anneal_levels=5 needs at least as many epochs"):
         pruner.check(model, PruneContext(0, InitConfig(name="kaiming_normal"), CPU, None, 3))
+
+
+# --------------------------------------------------------------------------- IteRand reference options
+def _reference_percentile_kept(scores: torch.Tensor, sparsity: float) -> int:
+    """dchiji-ntt/iterand ``GetSubnet``: keep scores >= the (1 + round(p (n - 1)))-th smallest."""
+    k = 1 + round(sparsity * (scores.numel() - 1))
+    return int((scores >= scores.view(-1).kthvalue(k).values).sum())
+
+
+def test_percentile_kept_count_matches_the_reference_rule():
+    gen = torch.Generator().manual_seed(0)
+    differ = 0
+    for n in range(2, 400, 7):
+        for p in (0.1, 0.25, 0.3, 0.5, 0.7, 0.9, 0.95):
+            scores = torch.rand(n, generator=gen)  # no ties
+            assert num_kept_percentile(n, p) == _reference_percentile_kept(scores, p)
+            differ += num_kept_percentile(n, p) != num_kept(n, p)
+    assert differ > 0  # the two rules are not the same
+
+
+def test_edge_popup_percentile_kept_count(cfg_factory, tmp_path):
+    job = setup(cfg_factory("pruner=iterand", "pruner.kept_count=percentile", "pruner.sparsity=0.3",
+                            "trainer.epochs=0"), run_dir=tmp_path)
+    x, _ = next(iter(job.trainer.data.test))
+    job.trainer.model(x)  # the masks follow the scores at the next forward
+    for mt in masked_tensors(job.trainer.model):
+        n = mt.original.numel()
+        assert int(mt.mask.mask.sum()) == num_kept_percentile(n, 0.3)
+    with pytest.raises(ConfigError, match="kept_count=percentile is a per-layer rule"):
+        setup(cfg_factory("pruner=edge_popup", "pruner.kept_count=percentile", "pruner.scope=global"),
+              run_dir=tmp_path / "b")
+
+
+def test_biprop_global_density_ramp_is_cubic(cfg_factory, tmp_path):
+    """chrundle/biprop main.py: global scope, density 0.5 -> target over ramp_epochs, cubic."""
+    job = setup(cfg_factory("pruner=biprop", "pruner.scope=global", "pruner.sparsity=0.9", "pruner.ramp_epochs=4",
+                            "init=kaiming_normal", "trainer.epochs=6"), run_dir=tmp_path)
+    seen = []
+    job.pruner.on_epoch_end = (lambda f: lambda state: (f(state), seen.append(
+        sum(int(m.k) for m in score_groups(job.pruner.masks)))))(job.pruner.on_epoch_end)
+    job.trainer.fit()
+    total = sum(m.scores.numel() for m in job.pruner.masks)
+    expected = [num_kept(total, 1 - (0.1 + 0.4 * (1 - e / 4) ** 3)) for e in range(1, 4)] + [num_kept(total, 0.9)] * 3
+    assert seen == expected
+    assert [job.pruner.ramp_density(e) for e in (0, 4)] == [0.5, pytest.approx(0.1)]
+    report = sparsity_report(job.trainer.model)
+    assert report.kept == num_kept(total, 0.9)
+    layerwise = setup(cfg_factory("pruner=biprop", "pruner.sparsity=0.9", "init=kaiming_normal"),
+                      run_dir=tmp_path / "b")
+    assert not layerwise.pruner.ramps

@@ -132,6 +132,9 @@ class ModelConfig:
         bias: give Conv/Linear layers a bias (edge-popup's models have none).
         batch_norm: batch norm after each conv (VGG; ResNets always have it; Conv-n and MLP may).
         bn_affine: learnable BN scale/shift; ``false`` is the non-affine BN of edge-popup.
+        stem_width: CIFAR ResNets: channels of the stem conv, fixed at every ``width_mult`` (IteRand's
+            reference, dchiji-ntt/iterand ``models/networks/resnet.py``, keeps 64); ``null`` scales it with the
+            first stage.
     """
 
     name: str = MISSING
@@ -140,8 +143,14 @@ class ModelConfig:
     bias: bool = False
     batch_norm: bool = False
     bn_affine: bool = False
+    stem_width: int | None = None
 
     def __post_init__(self) -> None:
+        if self.stem_width is not None and self.name not in ("resnet18", "resnet20", "resnet34"):
+            raise ConfigError(f"model.stem_width={self.stem_width} applies to the CIFAR ResNets (resnet18, resnet20, "
+                              f"resnet34), not model.name={self.name!r}; leave it null.")
+        if self.stem_width is not None:
+            check_range("model.stem_width", self.stem_width, 1, float("inf"))
         check_range("model.width_mult", self.width_mult, 0.0, float("inf"), lo_open=True)
         for w in self.widths:
             check_range("model.widths[i]", w, 1, float("inf"))

@@ -61,10 +61,11 @@ class CifarResNet(nn.Module):
         super().__init__()
         bn = partial(nn.BatchNorm2d, affine=cfg.bn_affine)
         w = [scaled(x, cfg.width_mult) for x in widths]
-        self.conv1 = nn.Conv2d(input_shape[0], w[0], 3, 1, 1, bias=cfg.bias)
-        self.bn1 = bn(w[0])
+        stem = cfg.stem_width or w[0]  # IteRand's reference keeps a 64-channel stem at every width factor
+        self.conv1 = nn.Conv2d(input_shape[0], stem, 3, 1, 1, bias=cfg.bias)
+        self.bn1 = bn(stem)
         self.relu = nn.ReLU(inplace=True)
-        stages, c = [], w[0]
+        stages, c = [], stem
         for i, (n, c_out) in enumerate(zip(blocks, w, strict=True)):
             for j in range(n):
                 stages.append(BasicBlock(c, c_out, 2 if (i > 0 and j == 0) else 1, cfg.bias, bn))

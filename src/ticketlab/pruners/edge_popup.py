@@ -32,7 +32,15 @@ from torch import nn
 
 from ..errors import ConfigError, check_choice, check_range
 from ..init import SCORE_INITS, fans, init_scores
-from ..masks import ScoreMask, attach_score_masks, prunable_layers, score_groups, select_layers, underlying
+from ..masks import (
+    ScoreMask,
+    attach_score_masks,
+    num_kept_percentile,
+    prunable_layers,
+    score_groups,
+    select_layers,
+    underlying,
+)
 from ..phases import TrainState
 from .base import PruneContext, Pruner, PrunerConfig, register_pruner
 
@@ -57,6 +65,10 @@ class EdgePopupConfig(PrunerConfig):
         anneal_levels: number of density-annealing levels (0 = off).
         anneal_start_density: density the annealing starts from (default 0.6, as the reference).
         scaling: scaled edge-popup (fit an output scale after every epoch).
+        kept_count: ``floor`` keeps ``n - floor(p n)`` weights per layer (allenai/hidden-networks);
+            ``percentile`` keeps ``n - round(p (n - 1))``, the percentile threshold of IteRand's reference
+            code base (dchiji-ntt/iterand, for its edge-popup and IteRand alike;
+            :func:`ticketlab.masks.num_kept_percentile`). Layerwise scope without annealing only.
     """
 
     name: str = "edge_popup"
@@ -72,6 +84,7 @@ class EdgePopupConfig(PrunerConfig):
     anneal_levels: int = 0
     anneal_start_density: float = 0.6
     scaling: bool = False
+    kept_count: str = "floor"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,6 +92,10 @@ class EdgePopupConfig(PrunerConfig):
         check_choice("pruner.rank", self.rank, ("abs", "raw"))
         check_choice("pruner.score_init", self.score_init, tuple(SCORE_INITS.names()))
         check_range("pruner.anneal_levels", self.anneal_levels, 0, float("inf"))
+        check_choice("pruner.kept_count", self.kept_count, ("floor", "percentile"))
+        if self.kept_count == "percentile" and (self.scope != "layerwise" or self.anneal_levels):
+            raise ConfigError("pruner.kept_count=percentile is a per-layer rule; it needs pruner.scope=layerwise "
+                              f"(got {self.scope}) and pruner.anneal_levels=0 (got {self.anneal_levels}).")
         if self.anneal_levels:
             check_range("pruner.anneal_start_density", self.anneal_start_density, 1.0 - self.sparsity, 1.0,
                         lo_open=True)
@@ -124,6 +141,9 @@ class EdgePopup(Pruner):
             sparsity = self.level_sparsity(0)
         self.masks = attach_score_masks(model, layers, sparsity, self.cfg.scope, self.cfg.rank,
                                         self.cfg.prune_bias, self.mask_class)
+        if self.cfg.kept_count == "percentile":
+            for m in self.masks:
+                m.k = num_kept_percentile(m.scores.numel(), sparsity)
         named = []
         for _, layer in layers:
             fan_in = fans(tuple(layer.parametrizations.weight.original.shape))[0]
