@@ -8,7 +8,7 @@ DATA_COPY  ?= .data
 DATA_DIR   ?= $(if $(wildcard $(SHARED)),$(abspath $(DATA_COPY)),)
 ARGS       ?=
 
-.PHONY: help install data run test lint bench chaos clean
+.PHONY: help install data run test lint bench chaos reproduce clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -47,6 +47,10 @@ bench: install  ## step-time benchmark (dense vs edge-popup)
 
 chaos: install data  ## kill runs at random moments, relaunch them, compare with uninterrupted twins (minutes)
 	DATA_DIR="$(DATA_DIR)" $(PY) scripts/chaos.py $(ARGS)
+
+reproduce: install data  ## a paper's table and plots: make reproduce EXP=synflow/layer_collapse [ARGS=--smoke]
+	@test -n "$(EXP)" || { $(PY) scripts/reproduce.py --list; echo "set EXP=<one of the above>"; exit 2; }
+	DATA_DIR="$(DATA_DIR)" $(PY) scripts/reproduce.py $(EXP) $(ARGS)
 
 clean:  ## remove caches (keeps .venv, .data and outputs/)
 	rm -rf .pytest_cache .ruff_cache .cache src/*.egg-info

@@ -38,6 +38,7 @@ NOT_IDENTITY: dict[str, tuple[str, ...] | None] = {
     "hydra": None,
     "paths": None,
     "logger": None,
+    "report": None,
     "trainer": ("progress", "checkpoint", "checkpoint_every_min", "resume", "threads", "strategy"),
     "dataset": ("root", "cache_dir", "download", "num_workers", "eval_batch_size"),
 }
@@ -143,11 +144,12 @@ def _plain(node: DictConfig, key: str) -> Any:
 
 
 def readable_name(cfg: DictConfig) -> str:
-    """``<pruner>-<model>-<dataset>-s<sparsity>-seed<seed>`` (characters outside ``[A-Za-z0-9._=-]`` -> ``_``)."""
+    """``<pruner>-<model>-<dataset>-s<sparsity>-seed<seed>`` (characters outside ``[A-Za-z0-9._=-]`` -> ``_``);
+    ``c<x>`` instead of ``s<sparsity>`` when the pruner's ``compression`` (density 10^-x) is set."""
     try:
-        sparsity = float(cfg.pruner.sparsity)
-        parts = [str(cfg.pruner.name), str(cfg.model.name), str(cfg.dataset.name), f"s{sparsity:g}",
-                 f"seed{cfg.seed}"]
+        compression = cfg.pruner.get("compression")
+        level = f"c{float(compression):g}" if compression is not None else f"s{float(cfg.pruner.sparsity):g}"
+        parts = [str(cfg.pruner.name), str(cfg.model.name), str(cfg.dataset.name), level, f"seed{cfg.seed}"]
     except Exception:  # an unresolvable or missing key: the validation reports it properly
         return "run"
     return _safe("-".join(parts))

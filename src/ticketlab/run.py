@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 
 GROUPS = ("dataset", "model", "init", "pruner", "optimizer", "scheduler", "trainer", "logger")
 OPTIONAL_GROUPS = ("paths",)
-TOP_LEVEL_KEYS = (*GROUPS, *OPTIONAL_GROUPS, "seed")
+TOP_LEVEL_KEYS = (*GROUPS, *OPTIONAL_GROUPS, "seed", "report")
 
 
 @dataclass

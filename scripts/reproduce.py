@@ -1,0 +1,126 @@
+"""Reproduce one published table or figure: run its sweep, then write the table and the plots.
+
+    python scripts/reproduce.py synflow/layer_collapse
+    python scripts/reproduce.py edge_popup/conv_cifar10 --smoke               # the CPU smoke variant
+    python scripts/reproduce.py lth/lenet300_mnist hydra/launcher=slurm      # any Hydra override
+    python scripts/reproduce.py lth/lenet300_mnist --report-only             # tables and plots only
+    python scripts/reproduce.py --list
+
+The experiment is ``conf/experiment/<paper>/<table>.yaml`` (``--smoke``: ``<table>_smoke.yaml``). Its sweep
+runs with ``train.py -m experiment=<name>`` into ``<paths.output_dir>/experiments/<name>/`` (runs already
+completed are skipped: each run has its own identity folder under ``<paths.output_dir>/runs/``). Then, in
+that folder:
+
+* ``runs.csv``: every job as tidy rows (one per IMP level), failed and missing ones included;
+* ``table.md``: the paper's layout, ours (mean ± std, n) beside the paper's number (``<table>.csv``);
+* ``plots/*.png`` and ``*.pdf``.
+
+The exit status is the sweep's (0 only when every run completed); the table is written either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+
+import ticketlab.run  # noqa: F401  (registers the config schemas and the resolvers)
+from ticketlab.errors import ConfigError
+from ticketlab.experiments import ReportSpec, collect, experiment_names, markdown_table, paper_numbers
+from ticketlab.identity import compute, runs_root
+from ticketlab.plots import all_plots
+from ticketlab.results import atomic_write_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def sweep_dir_of(name: str, overrides: list[str]) -> tuple[Path, ReportSpec]:
+    """The experiment's sweep folder and its report spec (composes the config, nothing runs).
+
+    Raises:
+        ConfigError: the experiment has no ``report:`` block or a bad one.
+    """
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    # values that do not change the folder or the layout: launcher settings and swept values (any of them)
+    config_only = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=[f"experiment={name}", *config_only])
+    spec = ReportSpec.from_config(cfg)
+    return Path(str(cfg.paths.output_dir)).resolve() / "experiments" / name, spec
+
+
+def run_folder(name: str, overrides: list[str]) -> Path | None:
+    """The identity folder of the experiment's job with these overrides, if it exists."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+            cfg = compose("config", overrides=[f"experiment={name}", *[o for o in overrides if not
+                                                                       o.startswith("experiment=")]])
+        folder = runs_root(cfg) / compute(cfg).folder
+    except Exception:  # an invalid job has no folder
+        return None
+    return folder if folder.is_dir() else None
+
+
+def report(name: str, sweep_dir: Path, spec: ReportSpec) -> str:
+    """Write ``runs.csv``, ``table.md`` and the plots in ``sweep_dir``; return the table's Markdown."""
+    df = collect(sweep_dir, spec, locate=lambda overrides: run_folder(name, overrides))
+    df.to_csv(sweep_dir / "runs.csv", index=False)
+    paper = paper_numbers(name)
+    text = markdown_table(df, spec, paper)
+    plots = all_plots(df, spec, paper, sweep_dir / "plots")
+    text += "\nFiles: " + ", ".join(str(p.relative_to(sweep_dir)) for p in [sweep_dir / "runs.csv", *plots]) + "\n"
+    atomic_write_bytes(sweep_dir / "table.md", text.encode())
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the experiment's sweep and report it; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Other arguments are Hydra overrides passed to train.py.")
+    parser.add_argument("experiment", nargs="?", help="<paper>/<table>, e.g. synflow/layer_collapse")
+    parser.add_argument("--smoke", action="store_true", help="run the experiment's CPU smoke variant")
+    parser.add_argument("--report-only", action="store_true", help="do not launch; tabulate what exists")
+    parser.add_argument("--list", action="store_true", help="list the experiments")
+    args, overrides = parser.parse_known_args(argv)
+    names = experiment_names()
+    if args.list or not args.experiment:
+        print("\n".join(n for n in names if not n.endswith("_smoke")))
+        return 0 if args.list else 2
+    name = args.experiment.removesuffix(".yaml") + ("_smoke" if args.smoke else "")
+    if name not in names:
+        full = [n for n in names if not n.endswith("_smoke")]
+        print(f"error: no experiment {name!r} (conf/experiment/{name}.yaml); experiments: {', '.join(full)}",
+              file=sys.stderr)
+        return 2
+    try:
+        sweep_dir, spec = sweep_dir_of(name, overrides)
+    except (ConfigError, HydraException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    code = 0
+    if not args.report_only:
+        cmd = [sys.executable, str(ROOT / "train.py"), "-m", f"experiment={name}", f"hydra.sweep.dir={sweep_dir}",
+               *overrides]
+        print("+ " + " ".join(cmd), flush=True)
+        code = subprocess.run(cmd, cwd=ROOT).returncode
+        if code not in (0, 1):  # 1: some job did not complete (the table lists it); anything else: no sweep
+            print(f"error: the sweep exited with {code}; no table written", file=sys.stderr)
+            return code
+    try:
+        text = report(name, sweep_dir, spec)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(text)
+    print(f"table, runs.csv and plots in {sweep_dir}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

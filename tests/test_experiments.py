@@ -1,0 +1,203 @@
+"""conf/experiment/: every experiment composes over its grid, its paper numbers load, every smoke variant runs
+end to end through scripts/reproduce.py (table and plots), and the table never drops a run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import ticketlab.run  # noqa: F401  (registers the schemas)
+from ticketlab.errors import ConfigError
+from ticketlab.experiments import (
+    EXPERIMENT_DIR,
+    ReportSpec,
+    critical_compression,
+    experiment_names,
+    markdown_table,
+    matching_level,
+    paper_numbers,
+    summary_frame,
+)
+from ticketlab.run import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = experiment_names()
+FULL = [n for n in NAMES if not n.endswith("_smoke")]
+SMOKE = [n for n in NAMES if n.endswith("_smoke")]
+
+
+def _grid(name: str) -> dict[str, list[str]]:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False) or {}
+    out = {}
+    for k, v in params.items():
+        v = str(v)
+        if v.startswith("range("):
+            a, b, step = (float(x) for x in v[len("range("):-1].split(","))
+            n = int(round((b - a) / step))
+            out[k] = [f"{a + i * step:g}" for i in range(n)]
+        else:
+            out[k] = v.split(",")
+    return out
+
+
+def _compose(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose("config", overrides=[f"experiment={name}", *overrides])
+
+
+def test_every_paper_has_an_experiment_and_a_smoke_variant():
+    papers = {n.split("/")[0] for n in FULL}
+    assert {"edge_popup", "iwr", "iterand", "biprop", "nonzero_bias", "eps_perturbation", "phew", "synflow",
+            "haroon", "lth"} <= papers
+    assert sorted(f"{n}_smoke" for n in FULL) == SMOKE
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_experiment_composes_over_its_grid(name):
+    """Every value of every swept key (the others at their first value) gives a valid run config."""
+    grid = _grid(name)
+    assert grid, f"{name} declares no grid (hydra.sweeper.params)"
+    first = {k: v[0] for k, v in grid.items()}
+    seen = set()
+    for key, values in grid.items():
+        for value in values:
+            point = {**first, key: value}
+            overrides = [f"{k}={v}" for k, v in point.items()]
+            if tuple(overrides) in seen:
+                continue
+            seen.add(tuple(overrides))
+            cfg = _compose(name, overrides)
+            rc = resolve(cfg)
+            spec = ReportSpec.from_config(cfg)
+            assert spec.name == name
+            assert OmegaConf.select(cfg, "logger.group") == name
+            for k in [*spec.rows, *spec.cols]:
+                if k != "level":
+                    assert OmegaConf.select(cfg, k) is not None, f"{name}: row/column key {k} is not in the config"
+            assert rc.seed == int(point.get("seed", rc.seed))
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_paper_numbers_match_the_layout(name):
+    spec = ReportSpec.from_config(_compose(name, []))
+    paper = paper_numbers(name)
+    if paper.empty:  # no published numbers (the report says so in its notes)
+        assert any("no" in n.lower() and "number" in n.lower() for n in spec.notes), name
+        return
+    keys = set(spec.rows) | set(spec.cols)
+    assert keys & set(paper.columns) == {k for k in keys if k in paper.columns}
+    assert set(spec.rows) <= set(paper.columns), f"{name}: the paper file lacks a row key"
+    assert paper["value"].notna().all() and (paper["source"].str.len() > 0).all()
+
+
+def test_report_spec_rejects_unknown_keys_and_values():
+    with pytest.raises(ConfigError, match="report.colour is not a report key"):
+        ReportSpec.from_config({"report": {"colour": "red"}})
+    with pytest.raises(ConfigError, match="report.kind='table'"):
+        ReportSpec(kind="table")
+    with pytest.raises(ConfigError, match="no report: block"):
+        ReportSpec.from_config({"seed": 0})
+
+
+def test_critical_compression_is_the_last_x_before_the_first_collapse():
+    rows = []
+    for x, empty in [(1, 0), (2, 0), (3, 1), (4, 0), (5, 1)]:  # a non-monotone case: 4 does not count
+        rows.append({"status": "completed", "__row0": "m", "seed": 0, "target_density": 10.0 ** -x,
+                     "empty_layers": empty})
+    crit = critical_compression(pd.DataFrame(rows))
+    assert crit["critical_x"].tolist() == [2.0] and crit["first_collapse_x"].tolist() == [3.0]
+
+
+def test_matching_level_uses_the_dense_level_and_its_std():
+    spec = ReportSpec(kind="levels", rows=["pruner.rewind_step"])
+    cells = pd.DataFrame({"pruner.rewind_step": ["0"] * 4, "level": ["0", "1", "2", "3"],
+                          "density": [1.0, 0.8, 0.64, 0.512], "mean": [98.0, 98.2, 97.95, 97.0],
+                          "std": [0.1, 0.1, 0.1, 0.1]})
+    ml = matching_level(cells, spec)
+    assert ml["matching_level"].tolist() == [2] and math.isclose(ml["threshold"].iloc[0], 97.9)
+
+
+def test_table_lists_runs_that_did_not_complete():
+    spec = ReportSpec(rows=["pruner.name"], cols=["pruner.sparsity"])
+    df = pd.DataFrame([
+        {"job": 0, "status": "completed", "overrides": "seed=0", "pruner.name": "ep", "pruner.sparsity": "0.5",
+         "test_acc": 0.8, "density": 0.5, "level": None},
+        {"job": 1, "status": "completed", "overrides": "seed=1", "pruner.name": "ep", "pruner.sparsity": "0.5",
+         "test_acc": 0.9, "density": 0.5, "level": None},
+        {"job": 2, "status": "diverged", "overrides": "seed=2", "pruner.name": "ep", "pruner.sparsity": "0.5",
+         "test_acc": 0.1, "density": 0.5, "level": None, "reason": "loss nan"},
+        {"job": 3, "status": "no record", "overrides": "seed=3", "pruner.name": "ep", "pruner.sparsity": "0.5",
+         "level": None},
+    ])
+    paper = pd.DataFrame({"pruner.name": ["ep"], "pruner.sparsity": ["0.5"], "value": [86.0], "std": [math.nan],
+                          "source": ["x"]})
+    cells = summary_frame(df, spec, paper)
+    assert cells["n"].tolist() == [2] and math.isclose(cells["mean"].iloc[0], 85.0)
+    assert math.isclose(cells["diff"].iloc[0], -1.0)
+    text = markdown_table(df, spec, paper)
+    assert "Runs not completed: 2" in text
+    assert "job 2 seed=2: diverged — loss nan" in text and "job 3 seed=3: no record" in text
+    assert "85.00 ± 5.00 (n=2); paper 86.00; Δ -1.00" in text
+
+
+def _run_reproduce(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TICKETLAB_OUTPUTS": str(tmp_path / "outputs"), "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "scripts/reproduce.py", *args, "logger=none", "trainer.progress=false"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n.removesuffix("_smoke") for n in SMOKE])
+def test_smoke_variant_end_to_end(name, tmp_path):
+    """The whole pipeline: sweep, tidy CSV with one row per job (per IMP level), table, plots."""
+    p = _run_reproduce([name, "--smoke"], tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = tmp_path / "outputs" / "experiments" / f"{name}_smoke"
+    grid = _grid(f"{name}_smoke")
+    n_jobs = math.prod(len(v) for v in grid.values())
+    df = pd.read_csv(out / "runs.csv")
+    assert df["job"].nunique() == n_jobs and (df["status"] == "completed").all()
+    table = (out / "table.md").read_text()
+    assert table.startswith(f"## {name}_smoke") and "Runs not completed: 0" in table
+    assert "(n=" in table
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert pngs and len(pngs) == len(list((out / "plots").glob("*.pdf")))
+    assert table.strip() in p.stdout.replace("\r", "")
+
+
+@pytest.mark.slow
+def test_reproduce_reports_invalid_and_skips_completed_runs(tmp_path):
+    """An invalid grid value is listed (exit 1); the same command again skips the completed runs."""
+    args = ["edge_popup/conv_cifar10", "--smoke", "pruner.sparsity=0.5,1.5", "init.scale_fan=false"]
+    p = _run_reproduce(args, tmp_path)
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    table = (tmp_path / "outputs" / "experiments" / "edge_popup/conv_cifar10_smoke" / "table.md").read_text()
+    assert "Runs not completed: 1" in table and "pruner.sparsity=1.5" in table and "invalid" in table
+    again = _run_reproduce(args, tmp_path)
+    assert again.returncode == 1
+    report = json.loads((tmp_path / "outputs" / "experiments" / "edge_popup/conv_cifar10_smoke" /
+                         "report.json").read_text())
+    assert sorted(j["status"] for j in report["jobs"]) == ["invalid", "skipped"]
+
+
+def test_reproduce_refuses_an_unknown_experiment(tmp_path):
+    p = _run_reproduce(["edge_popup/nope"], tmp_path)
+    assert p.returncode == 2 and "no experiment 'edge_popup/nope'" in p.stderr and "synflow/layer_collapse" in p.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_experiment_list():
+    assert set(FULL) == {n for n in experiment_names(EXPERIMENT_DIR) if not n.endswith("_smoke")}
+    assert not list(itertools.chain.from_iterable((EXPERIMENT_DIR / n).parent.glob("*.py") for n in FULL))
