@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -26,6 +27,11 @@ def _isolated_outputs(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("TICKETLAB_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.setenv("TICKETLAB_CACHE", str(ROOT / ".cache" / "ticketlab"))
+
+
+#: Devices the device-parametrized tests (marker ``devices``) run on: the CPU, and CUDA where there is one.
+#: ``make test-gpu`` runs just their CUDA cases.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def compose_cfg(*overrides: str, config_name: str = "config") -> DictConfig:

@@ -10,21 +10,18 @@ from torch import nn
 
 from ticketlab.config import ModelConfig
 from ticketlab.errors import ConfigError
+from ticketlab.mask_report import mask_dict, sparsity_report
 from ticketlab.masks import (
     FixedMask,
     attach_fixed_masks,
     attach_score_masks,
     bake,
-    kth_largest,
-    mask_dict,
     masked_tensors,
-    num_kept,
     prunable_layers,
     select_layers,
-    sparsity_report,
-    topk_mask,
 )
 from ticketlab.models import build_model
+from ticketlab.selection import kth_largest, num_kept, topk_mask
 
 
 def sort_reference(x: torch.Tensor, k: int) -> torch.Tensor:

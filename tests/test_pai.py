@@ -11,8 +11,9 @@ from torch import nn
 from ticketlab.config import InitConfig
 from ticketlab.data.loaders import DataBundle
 from ticketlab.errors import ConfigError
+from ticketlab.mask_report import mask_dict, sparsity_report
 from ticketlab.mask_structure import mask_structure
-from ticketlab.masks import FixedMask, attach, attach_fixed_masks, mask_dict, masked_tensors, sparsity_report
+from ticketlab.masks import FixedMask, attach, attach_fixed_masks, masked_tensors
 from ticketlab.pruners import PruneContext, build_pruner
 from ticketlab.pruners.from_file import FromFileConfig
 from ticketlab.pruners.grasp import GraspConfig
@@ -368,7 +369,7 @@ def imp_run(cfg_factory, run_dir, *extra):
 
 
 def test_imp_levels_density_and_exact_rewind(cfg_factory, tmp_path):
-    from ticketlab.masks import num_kept as nk
+    from ticketlab.selection import num_kept as nk
 
     s = imp_run(cfg_factory, tmp_path)
     total = s["params_total"]
@@ -516,3 +517,36 @@ def test_pai_bias_pruning_ranks_biases_with_weights(cfg_factory, tmp_path, metho
 def test_pai_bias_pruning_needs_biases(cfg_factory, tmp_path):
     with pytest.raises(ConfigError, match="prune_bias=true but the model has no layer biases"):
         run(cfg_factory("pruner=magnitude", "pruner.prune_bias=true"), run_dir=tmp_path)
+
+
+@pytest.mark.parametrize("sparsity", [0.99, 0.9999])
+def test_synflow_fast_rounds_give_the_masks_of_full_selection(sparsity):
+    """Selecting among the kept entries only (pruned ones score exactly 0) changes no mask."""
+    from ticketlab.config import InitConfig, ModelConfig
+    from ticketlab.data import DataBundle
+    from ticketlab.init import init_weights
+    from ticketlab.models import build_model
+
+    results = []
+    for fast in (True, False):
+        model = build_model(ModelConfig(name="vgg11", width_mult=0.25, batch_norm=True, bn_affine=True),
+                            (3, 32, 32), 10)
+        init_weights(model, InitConfig(name="kaiming_normal"), 0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        pruner = build_pruner(SynflowConfig(sparsity=sparsity, iterations=30))
+        pruner.zero_outside_mask = fast
+        pruner.prepare(model, PruneContext(0, InitConfig(name="kaiming_normal"), CPU,
+                                           DataBundle("shape", [], [], (3, 32, 32), 10, 0, 0), 0))
+        results.append([fm.mask.clone() for fm in pruner.masks])
+        restored = {k.replace(".parametrizations.weight.original", ".weight"): v
+                    for k, v in model.state_dict().items() if not k.endswith(".mask")}
+        assert all(torch.equal(restored[k], v) for k, v in before.items())  # signs and values restored
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+    total = sum(m.numel() for m in results[0])
+    assert sum(int(m.sum()) for m in results[0]) == nk_total(total, sparsity)
+
+
+def nk_total(n: int, sparsity: float) -> int:
+    from ticketlab.selection import num_kept
+
+    return num_kept(n, sparsity)

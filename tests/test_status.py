@@ -42,7 +42,7 @@ def test_nonfinite_scores_never_become_an_empty_mask(cfg_factory, tmp_path):
 
 def test_topk_returns_exactly_k_or_raises():
     from ticketlab.errors import NonFiniteError
-    from ticketlab.masks import topk_mask
+    from ticketlab.selection import topk_mask
 
     key = torch.randn(10000)
     assert int(topk_mask(key, 123).sum()) == 123

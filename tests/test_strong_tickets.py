@@ -12,26 +12,18 @@ from ticketlab.config import InitConfig, ModelConfig
 from ticketlab.errors import ConfigError
 from ticketlab.init import he_product_stds, init_weights
 from ticketlab.mask_metrics import chance, compare_mask_sets, similarity
-from ticketlab.masks import (
-    BipropMask,
-    attach_score_masks,
-    masked_tensors,
-    num_kept,
-    num_kept_percentile,
-    prunable_layers,
-    score_groups,
-    select_layers,
-    sparsity_report,
-)
+from ticketlab.mask_report import sparsity_report
+from ticketlab.masks import attach_score_masks, masked_tensors, prunable_layers, score_groups, select_layers
 from ticketlab.models import build_model
 from ticketlab.phases import TrainState
 from ticketlab.pruners import PruneContext, build_pruner
-from ticketlab.pruners.biprop import BinaryActivation, BipropConfig
+from ticketlab.pruners.biprop import BinaryActivation, BipropConfig, BipropMask
 from ticketlab.pruners.edge_popup import EdgePopupConfig
 from ticketlab.pruners.eps_perturbation import EpsPerturbationConfig
 from ticketlab.pruners.iterand import IteRandConfig
 from ticketlab.pruners.weight_recycling import WeightRecyclingConfig
 from ticketlab.run import setup
+from ticketlab.selection import num_kept, num_kept_percentile
 
 CPU = torch.device("cpu")
 

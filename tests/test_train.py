@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from ticketlab.masks import mask_dict, masked_tensors
+from ticketlab.mask_report import mask_dict
+from ticketlab.masks import masked_tensors
 from ticketlab.results import read_jsonl
 from ticketlab.run import run, setup
 

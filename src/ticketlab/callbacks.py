@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .loop import Callback
-from .masks import sparsity_report
+from .mask_report import sparsity_report
 from .phases import TrainState
 from .results import atomic_write_jsonl
 from .tracking import Tracker

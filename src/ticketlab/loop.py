@@ -44,7 +44,8 @@ from .config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from .data import DataBundle
 from .data.loaders import EpochOrder, eval_batches
 from .errors import Diverged, NonFiniteError
-from .masks import nonfinite_scores, sparsity_report
+from .mask_report import sparsity_report
+from .masks import nonfinite_scores
 from .optim import build_optimizer, build_scheduler
 from .phases import Phase, TrainState
 from .pruners import PruneContext, Pruner
@@ -203,6 +204,12 @@ class Trainer:
         """The current phase's optimizer."""
         return self.state.optimizer
 
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """An input batch on the run's device (channels-last for image batches with ``trainer.channels_last``)."""
+        if self.cfg.channels_last and x.dim() == 4:
+            return x.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        return x.to(self.device, non_blocking=True)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.amp and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -258,6 +265,8 @@ class Trainer:
                 st.scheduler.load_state_dict(self._pending["scheduler"])
             self._pending = None
         self.train_model = distributed.wrap(self.model, self.dist)
+        if self.cfg.compile:
+            self.train_model = torch.compile(self.train_model)
         self.phase_begun = True
         if not resumed and phase is not self.main:
             log.info("phase %s: %d epoch(s)%s", phase.name, phase.epochs,
@@ -323,7 +332,7 @@ class Trainer:
             for i, (x, y) in enumerate(self.data.train.batches(order, start, self.shard), start=start):
                 if i >= total:
                     break
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                x, y = self._to_device(x), y.to(self.device, non_blocking=True)
                 check = (self.global_step + 1) % self.sync_every == 0
                 scale = self.dist.world / min(bs, n_train - i * bs) if self.shard else None
                 try:
@@ -409,7 +418,7 @@ class Trainer:
             for i, (x, y) in enumerate(eval_batches(loader, self.shard)):
                 if self.cfg.limit_eval_batches and i >= self.cfg.limit_eval_batches:
                     break
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                x, y = self._to_device(x), y.to(self.device, non_blocking=True)
                 with self._autocast():
                     out = self.model(x)
                 loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").double()

@@ -13,149 +13,26 @@ Layers are never replaced: the masks become parametrizations of ``weight`` (and 
 ``bias``) of every Conv/Linear layer ("prunable layers"), so torchvision models work unchanged,
 masks and scores travel in ``state_dict``, and :func:`bake` turns a masked model into a plain one.
 
-Kept-count convention (pinned by the tests): a tensor of ``n`` entries at sparsity ``p`` keeps
-``n - floor(p * n)`` entries -- the convention of allenai/hidden-networks (``utils/conv_type.py``),
-which zeroes the ``floor((1 - k) n)`` lowest scores. Global top-k applies the same formula to the
-total count of all masked tensors. Ties are broken deterministically (lower flat index wins), so
-the kept count is always exact.
-
-Selection never sorts: :func:`topk_mask` uses ``kthvalue`` (linear-time selection), and a score
-mask is recomputed only when its scores change (tracked through the tensor version counter), so
-evaluation batches reuse the mask of the last optimizer step.
+Which entries a mask keeps is :mod:`ticketlab.selection` (exact top-k, kept counts); what the masks
+of a model keep is :mod:`ticketlab.mask_report`; biprop's binarised mask lives beside biprop
+(:mod:`ticketlab.pruners.biprop`). A score mask is recomputed only when its scores change (tracked
+through the tensor version counter), so evaluation batches reuse the mask of the last optimizer
+step, and each recomputation starts from the last threshold (:class:`ticketlab.selection.BandSelector`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .errors import ConfigError, NonFiniteError
+from .errors import ConfigError
+from .selection import BandSelector, num_kept
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def num_kept(n: int, sparsity: float) -> int:
-    """Number of entries kept out of ``n`` at ``sparsity`` (fraction removed).
-
-    Convention: ``n - floor(sparsity * n)`` (allenai/hidden-networks, ``GetSubnet``), computed exactly:
-    ``sparsity`` is read as the decimal it prints as (``repr``), so ``num_kept(100, 0.29) == 71`` although
-    ``0.29 * 100 == 28.999999999999996`` in floating point, and no slack ever removes one weight too many
-    on large tensors.
-
-    Args:
-        n: number of entries (>= 0).
-        sparsity: fraction removed, in [0, 1).
-
-    Returns:
-        The kept count, in ``[1, n]`` for ``n >= 1`` and ``sparsity < 1``.
-
-    Raises:
-        ConfigError: if ``sparsity`` is outside [0, 1).
-    """
-    if not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"sparsity={sparsity!r} must be in [0, 1) (fraction of weights removed).")
-    removed = math.floor(Fraction(repr(float(sparsity))) * n)
-    return n - min(removed, n)
-
-
-def num_kept_percentile(n: int, sparsity: float) -> int:
-    """Kept count of a percentile threshold: ``n - round(sparsity * (n - 1))`` (Python's round, half to even).
-
-    IteRand's reference (dchiji-ntt/iterand ``models/networks/sparse_modules.py``, ``percentile``) keeps the
-    scores at or above the ``1 + round(p (n - 1))``-th smallest; without ties that is this many. It differs
-    from :func:`num_kept` by one in about a third of the ``(n, p)`` pairs.
-
-    Raises:
-        ConfigError: ``sparsity`` outside [0, 1).
-    """
-    if not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"sparsity={sparsity!r} must be in [0, 1) (fraction of weights removed).")
-    return n - round(sparsity * (n - 1))
-
-
-def kth_largest(flat: Tensor, k: int, nonnegative: bool = False) -> Tensor:
-    """The ``k``-th largest entry of a 1-D tensor, by selection (never a full sort).
-
-    On CUDA (and for non-float32 or small tensors) this is ``kthvalue``, a radix select. On the
-    CPU, where ``kthvalue`` costs ~12 ns per element, one radix pass is done first: float32 bit
-    patterns are mapped to integers of the same order, a ``bincount`` over their top 16 bits
-    finds the bin holding the k-th largest value, and ``kthvalue`` runs on that bin only
-    (about 4x faster on a 235k-entry layer).
-
-    Args:
-        flat: 1-D tensor of ``n`` entries.
-        k: rank from the top, ``1 <= k <= n``.
-        nonnegative: promise that no entry is negative (e.g. ``|S|``), which skips the mapping of
-            negative floats to ordered integers. A wrong promise gives a wrong answer.
-
-    Returns:
-        0-dim tensor on ``flat``'s device.
-    """
-    n = flat.numel()
-    if flat.device.type != "cpu" or flat.dtype != torch.float32 or n < 8192:
-        return flat.kthvalue(n - k + 1).values
-    bits = flat.view(torch.int32)
-    if nonnegative:
-        high, bins = bits >> 16, 32768  # non-negative floats order like their bit patterns
-    else:
-        ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # same order as the float values
-        high, bins = (ordered >> 16) + 32768, 65536
-    counts = torch.bincount(high, minlength=bins)
-    from_top = counts.flip(0).cumsum(0)
-    j = int(torch.searchsorted(from_top, k))  # first bin (from the top) reaching k entries
-    b = bins - 1 - j
-    above = int(from_top[j]) - int(counts[b])  # entries in higher bins
-    cand = flat[high == b]
-    return cand.kthvalue(cand.numel() - (k - above) + 1).values
-
-
-def topk_mask(key: Tensor, k: int, nonnegative: bool = False) -> Tensor:
-    """Boolean mask of the ``k`` largest entries of ``key``, without sorting.
-
-    The threshold is the k-th largest value (:func:`kth_largest`); every entry above it is kept,
-    and entries equal to it are kept lowest flat index first until exactly ``k`` are kept, so the
-    count is exact even with ties (e.g. scores clamped at 0). On CUDA there is no host
-    synchronisation.
-
-    Args:
-        key: ranking key, any shape, floating point.
-        k: number of entries to keep; clipped to ``[0, key.numel()]``.
-        nonnegative: ``key`` has no negative entry (see :func:`kth_largest`).
-
-    Returns:
-        Bool tensor of ``key``'s shape with exactly ``min(max(k, 0), n)`` True entries.
-
-    Raises:
-        NonFiniteError: on the CPU, when NaN entries make an exact top-k impossible (NaN is not
-            ordered). On CUDA the count is not checked (that would synchronise with the host);
-            the training loop checks the scores for NaN every few steps instead
-            (:func:`nonfinite_scores`).
-    """
-    flat = key.detach().reshape(-1)
-    n = flat.numel()
-    if k >= n:
-        return torch.ones_like(key, dtype=torch.bool)
-    if k <= 0:
-        return torch.zeros_like(key, dtype=torch.bool)
-    v = kth_largest(flat, k, nonnegative)
-    if flat.device.type == "cpu":
-        keep = flat >= v
-        if int(keep.sum()) == k:  # no tie at the threshold: the common case
-            return keep.view_as(key)
-    above = flat > v
-    ties = flat == v
-    keep = above | (ties & (ties.cumsum(0) <= k - above.sum()))
-    if flat.device.type == "cpu" and int(keep.sum()) != k:
-        nans = int(torch.isnan(flat).sum())
-        raise NonFiniteError("scores", f"a top-{k} of {n} entries found only {int(keep.sum())}: {nans} of them are "
-                                       "NaN, which has no rank")
-    return keep.view_as(key)
 
 
 def nonfinite_scores(model: nn.Module) -> bool:
@@ -164,10 +41,18 @@ def nonfinite_scores(model: nn.Module) -> bool:
     return bool(checks) and not bool(torch.stack(checks).all())
 
 
-def _score_grad(grad: Tensor, weight: Tensor, scores: Tensor, signed: bool) -> Tensor:
-    """Straight-through score gradient ``grad * W`` (times ``sign(S)`` for the ``|S|`` key)."""
+def score_gradient(grad: Tensor, weight: Tensor, scores: Tensor, signed: bool) -> Tensor:
+    """Straight-through score gradient ``dL/dS = grad * W`` (times ``sign(S)`` for the ``|S|`` key).
+
+    Args:
+        grad: ``dL/dW_eff``, the gradient reaching the masked weight (shape of ``weight``).
+        weight, scores: the frozen weight and its scores (same shape).
+        signed: the ranking key is ``|S|``.
+
+    Source: Ramanujan et al. 2020, Eq. 2 / Sec. 3 (the top-k is treated as the identity).
+    """
     out = grad * weight
-    return out * torch.sign(scores) if signed else out
+    return out.mul_(torch.sign(scores)) if signed else out
 
 
 class _ScoreSTE(torch.autograd.Function):
@@ -189,33 +74,24 @@ class _ScoreSTE(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # noqa: D102
         weight, scores, mask = ctx.saved_tensors
         grad_w = grad * mask if ctx.needs_input_grad[0] else None
-        grad_s = _score_grad(grad, weight, scores, ctx.signed) if ctx.needs_input_grad[1] else None
+        grad_s = score_gradient(grad, weight, scores, ctx.signed) if ctx.needs_input_grad[1] else None
         return grad_w, grad_s, None, None
 
 
-class _BipropSTE(torch.autograd.Function):
-    """Binarised masked weight ``alpha * sign(W) * m`` with the biprop straight-through gradient.
+def straight_through(weight: Tensor, scores: Tensor, mask: Tensor, signed: bool) -> Tensor:
+    """``W * m`` whose gradient reaches the scores straight through the top-k (edge-popup).
 
-    ``alpha`` is the mean ``|W|`` over the kept entries (a scalar per tensor, no gradient).
-    Backward (Diffenderfer & Kailkhura 2021, Sec. 3; chrundle/biprop ``GetQuantnet_binary``): the
-    gradient reaching the mask, ``dL/dW_eff * sign(W)``, is multiplied by ``|W|``, so
-    ``dL/dS = dL/dW_eff * W`` (times ``sign(S)`` for the ``|S|`` key) -- the same form as
-    edge-popup. The weights receive no gradient (biprop never trains them).
+    Args:
+        weight: the frozen (or trainable) tensor, any shape.
+        scores: its scores (shape of ``weight``).
+        mask: the 0/1 mask in force, ``TopK(key(S))`` (shape and dtype of ``weight``).
+        signed: the key is ``|S|`` (the score gradient is multiplied by ``sign(S)``).
+
+    Returns:
+        ``weight * mask``; backward gives ``dL/dS = dL/dW_eff * W`` (:func:`score_gradient`) and, when the
+        weight requires grad, ``dL/dW = dL/dW_eff * m``.
     """
-
-    @staticmethod
-    def forward(ctx, weight: Tensor, scores: Tensor, mask: Tensor, signed: bool) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(weight, scores)
-        ctx.signed = signed
-        kept = mask.sum().clamp(min=1)
-        alpha = (weight.abs() * mask).sum() / kept
-        return alpha * torch.sign(weight) * mask
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: D102
-        weight, scores = ctx.saved_tensors
-        grad_s = _score_grad(grad, weight, scores, ctx.signed) if ctx.needs_input_grad[1] else None
-        return None, grad_s, None, None
+    return _ScoreSTE.apply(weight, scores, mask, signed)
 
 
 class MaskBase(nn.Module):
@@ -261,7 +137,7 @@ class ScoreMask(MaskBase):
 
     ``W_eff = W * TopK(key(S), k)`` where ``key(S) = |S|`` (edge-popup, biprop) or ``S``
     (IteRand), ``k = num_kept(n, sparsity)`` per tensor, or a share of one global top-k when the
-    mask belongs to a :class:`JointTopK` group. Gradient: :class:`_ScoreSTE`.
+    mask belongs to a :class:`JointTopK` group. Gradient: :func:`straight_through`.
     Source: Ramanujan et al. 2020, Algorithm 1; reference code allenai/hidden-networks
     ``utils/conv_type.py`` (``GetSubnet``, ``SubnetConv``).
 
@@ -285,6 +161,7 @@ class ScoreMask(MaskBase):
         self.rank = rank
         self.group: JointTopK | None = None
         self._seen: tuple[int, int] | None = None  # (data_ptr, version) of the scores behind `mask`
+        self.select = BandSelector()
 
     def set_sparsity(self, sparsity: float) -> None:
         """Change the sparsity (density annealing); the mask follows at the next use.
@@ -295,6 +172,7 @@ class ScoreMask(MaskBase):
         self.sparsity = float(sparsity)
         self.k = num_kept(self.scores.numel(), sparsity)
         self._seen = None
+        self.select.reset()
 
     def key(self) -> Tensor:
         """The ranking key, ``|S|`` or ``S`` (no gradient)."""
@@ -310,30 +188,14 @@ class ScoreMask(MaskBase):
             self.group.refresh()
         elif self._seen != self._stamp():
             with torch.no_grad():
-                self.mask.copy_(topk_mask(self.key(), self.k, self.rank == "abs"))
+                self.mask.copy_(self.select(self.key(), self.k, self.rank == "abs"))
             self._seen = self._stamp()
         return self.mask
 
     def forward(self, weight: Tensor) -> Tensor:
         """Masked weight ``W * m`` (shape of ``weight``) with the straight-through gradient."""
         mask = self.current_mask()
-        return _ScoreSTE.apply(weight, self.scores, mask.to(weight.dtype), self.rank == "abs")
-
-
-class BipropMask(ScoreMask):
-    """Biprop (multi-prize tickets, MPT-1/32): kept weights become ``alpha * sign(W)``.
-
-    ``W_eff = alpha * sign(W) * TopK(key(S))`` with ``alpha`` = mean ``|W|`` of the kept weights of
-    this tensor, so ``W_eff`` takes values in ``{-alpha, 0, alpha}``. Gradient:
-    :class:`_BipropSTE`. Source: Diffenderfer & Kailkhura, "Multi-Prize Lottery Ticket
-    Hypothesis", ICLR 2021, Sec. 3 (Algorithm 1); chrundle/biprop ``utils/conv_type.py``. The
-    reference divides by ``int(k * n)`` instead of the kept count; they differ by at most one.
-    """
-
-    def forward(self, weight: Tensor) -> Tensor:
-        """Binarised masked weight (shape of ``weight``)."""
-        mask = self.current_mask()
-        return _BipropSTE.apply(weight, self.scores, mask.to(weight.dtype), self.rank == "abs")
+        return straight_through(weight, self.scores, mask.to(weight.dtype), self.rank == "abs")
 
 
 class JointTopK:
@@ -354,6 +216,7 @@ class JointTopK:
     def __init__(self, members: list[ScoreMask], sparsity: float) -> None:
         self.members = members
         self._seen: list[tuple[int, int]] | None = None
+        self.select = BandSelector()
         self.set_sparsity(sparsity)
         for m in members:
             m.group = self
@@ -363,6 +226,7 @@ class JointTopK:
         self.sparsity = float(sparsity)
         self.k = num_kept(sum(m.scores.numel() for m in self.members), sparsity)
         self._seen = None
+        self.select.reset()
 
     def refresh(self) -> None:
         """Recompute every member's mask if any member's scores changed."""
@@ -371,7 +235,7 @@ class JointTopK:
             return
         with torch.no_grad():
             keys = torch.cat([m.key().reshape(-1) for m in self.members])
-            keep = topk_mask(keys, self.k, all(m.rank == "abs" for m in self.members))
+            keep = self.select(keys, self.k, all(m.rank == "abs" for m in self.members))
             for m, part in zip(self.members, keep.split([m.scores.numel() for m in self.members]), strict=True):
                 m.mask.copy_(part.view_as(m.mask))
         self._seen = stamps
@@ -567,63 +431,6 @@ def masked_tensors(model: nn.Module) -> Iterator[MaskedTensor]:
             for p in plist:
                 if isinstance(p, MaskBase):
                     yield MaskedTensor(f"{lname}.{tname}" if lname else tname, module, tname, p)
-
-
-def mask_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Current masks as ``{"<layer>.<weight|bias>": bool tensor on CPU}`` (for saving/comparing)."""
-    return {mt.name: mt.mask.current_mask().detach().bool().cpu() for mt in masked_tensors(model)}
-
-
-@dataclass
-class SparsityReport:
-    """Measured sparsity of a model's prunable weights.
-
-    Attributes:
-        layers: ``{"<layer>.weight": {"numel", "kept", "density"}}`` for every prunable layer's
-            weight (unmasked layers have density 1), plus masked biases.
-        total: number of prunable weights (Conv/Linear weights; biases excluded).
-        kept: how many of them the masks keep.
-    """
-
-    layers: dict[str, dict[str, float]]
-    total: int
-    kept: int
-
-    @property
-    def density(self) -> float:
-        """Fraction of prunable weights kept."""
-        return self.kept / self.total if self.total else 1.0
-
-    @property
-    def sparsity(self) -> float:
-        """Fraction of prunable weights removed (1 - density)."""
-        return 1.0 - self.density
-
-
-def sparsity_report(model: nn.Module) -> SparsityReport:
-    """Measure per-layer densities and the overall sparsity from the masks in force.
-
-    Prunable weights are the weights of every Conv/Linear layer; a layer without a mask counts as
-    fully kept. Biases are reported per layer when masked but are not part of ``total``.
-    """
-    masks = {mt.name: mt.mask.current_mask() for mt in masked_tensors(model)}
-    layers: dict[str, dict[str, float]] = {}
-    total = kept = 0
-    for lname, layer in prunable_layers(model):
-        for tname in ("weight", "bias"):
-            t = getattr(layer, tname, None)
-            if t is None:
-                continue
-            name = f"{lname}.{tname}"
-            if tname == "bias" and name not in masks:
-                continue
-            n = t.numel()
-            k = int(masks[name].sum().item()) if name in masks else n
-            layers[name] = {"numel": n, "kept": k, "density": k / n}
-            if tname == "weight":
-                total += n
-                kept += k
-    return SparsityReport(layers, total, kept)
 
 
 def bake(model: nn.Module) -> nn.Module:

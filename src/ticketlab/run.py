@@ -64,8 +64,9 @@ from .errors import ConfigError, Diverged, NonFiniteError, Preempted, RunBusy, c
 from .identity import RunIdentity
 from .init import init_weights
 from .loop import Trainer
+from .mask_report import mask_dict, sparsity_report
 from .mask_structure import mask_structure
-from .masks import mask_dict, masked_tensors, sparsity_report
+from .masks import masked_tensors
 from .models import build_model
 from .pruners import PruneContext, Pruner, PrunerConfig, build_pruner
 from .results import atomic_torch_save, atomic_write_json
@@ -388,6 +389,8 @@ def setup(cfg: DictConfig, run_dir: str | Path | None = None, *, initialize: boo
     pruner = build_pruner(rc.pruner)
     init_weights(model, rc.init, rc.seed, pruner.densities(model))
     model.to(device)
+    if rc.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
     ctx = PruneContext(seed=rc.seed, init=rc.init, device=device, data=data, epochs=rc.trainer.epochs, stop=stop,
                        run_dir=run_dir, stage=stage, limit_train_batches=rc.trainer.limit_train_batches)
     pruner.attach(model, ctx)

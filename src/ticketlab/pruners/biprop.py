@@ -1,7 +1,7 @@
 """``pruner=biprop``: multi-prize tickets (Diffenderfer & Kailkhura, ICLR 2021).
 
 Edge-popup whose kept weights are binarised: ``W_eff = alpha * sign(W) * m`` with ``alpha`` the
-mean ``|W|`` of the layer's kept weights (MPT-1/32; :class:`ticketlab.masks.BipropMask`). With
+mean ``|W|`` of the layer's kept weights (MPT-1/32; :class:`BipropMask`). With
 ``binary_activations`` every ReLU but the last becomes ``sign(x)`` with the Bi-Real-Net surrogate
 gradient ``2 - 2|x|`` on ``|x| < 1`` (MPT-1/1; chrundle/biprop ``models/frankle.py`` ``BiRealAct``).
 TicketLab keeps each model's layer order (conv -> ReLU -> pool); the reference MPT-1/1 models put
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import check_range
-from ..masks import BipropMask, score_groups
+from ..masks import ScoreMask, score_gradient, score_groups
 from ..phases import TrainState
 from .base import PruneContext, register_pruner
 from .edge_popup import EdgePopup, EdgePopupConfig
@@ -54,6 +54,48 @@ def binarize_activations(model: nn.Module) -> int:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, BinaryActivation())
     return max(len(relus) - 1, 0)
+
+
+class _BipropSTE(torch.autograd.Function):
+    """Binarised masked weight ``alpha * sign(W) * m`` with the biprop straight-through gradient.
+
+    ``alpha`` is the mean ``|W|`` over the kept entries (a scalar per tensor, no gradient).
+    Backward (Diffenderfer & Kailkhura 2021, Sec. 3; chrundle/biprop ``GetQuantnet_binary``): the
+    gradient reaching the mask, ``dL/dW_eff * sign(W)``, is multiplied by ``|W|``, so
+    ``dL/dS = dL/dW_eff * W`` (times ``sign(S)`` for the ``|S|`` key) -- the same form as
+    edge-popup. The weights receive no gradient (biprop never trains them).
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, scores: Tensor, mask: Tensor, signed: bool) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(weight, scores)
+        ctx.signed = signed
+        kept = mask.sum().clamp(min=1)
+        alpha = (weight.abs() * mask).sum() / kept
+        return alpha * torch.sign(weight) * mask
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        weight, scores = ctx.saved_tensors
+        grad_s = score_gradient(grad, weight, scores, ctx.signed) if ctx.needs_input_grad[1] else None
+        return None, grad_s, None, None
+
+
+class BipropMask(ScoreMask):
+    """Biprop (multi-prize tickets, MPT-1/32): kept weights become ``alpha * sign(W)``.
+
+    ``W_eff = alpha * sign(W) * TopK(key(S))`` with ``alpha`` = mean ``|W|`` of the kept weights of
+    this tensor, so ``W_eff`` takes values in ``{-alpha, 0, alpha}``. Gradient:
+    :class:`_BipropSTE`. Source: Diffenderfer & Kailkhura, "Multi-Prize Lottery Ticket
+    Hypothesis", ICLR 2021, Sec. 3 (Algorithm 1); chrundle/biprop ``utils/conv_type.py``. The
+    reference divides by ``int(k * n)`` instead of the kept count; they differ by at most one.
+    """
+
+    def forward(self, weight: Tensor) -> Tensor:
+        """Binarised masked weight (shape of ``weight``)."""
+        mask = self.current_mask()
+        return _BipropSTE.apply(weight, self.scores, mask.to(weight.dtype), self.rank == "abs")
+
 
 
 @dataclass

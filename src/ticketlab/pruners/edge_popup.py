@@ -32,16 +32,9 @@ from torch import nn
 
 from ..errors import ConfigError, check_choice, check_range
 from ..init import SCORE_INITS, fans, init_scores
-from ..masks import (
-    ScoreMask,
-    attach_score_masks,
-    num_kept_percentile,
-    prunable_layers,
-    score_groups,
-    select_layers,
-    underlying,
-)
+from ..masks import ScoreMask, attach_score_masks, prunable_layers, score_groups, select_layers, underlying
 from ..phases import TrainState
+from ..selection import num_kept_percentile
 from .base import PruneContext, Pruner, PrunerConfig, register_pruner
 
 

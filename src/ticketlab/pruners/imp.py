@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, check_range
-from ..masks import attach_dense_masks, load_plain_state_dict, num_kept, plain_state_dict, select_layers, topk_mask
+from ..masks import attach_dense_masks, load_plain_state_dict, plain_state_dict, select_layers
 from ..phases import TrainState
 from ..results import atomic_torch_save
+from ..selection import global_topk, num_kept
 from .base import PruneContext, Pruner, PrunerConfig, register_pruner
 
 REWIND_FILE = "rewind.pt"
@@ -153,8 +154,7 @@ class Imp(Pruner):
         remaining = sum(int(m.sum()) for m in current)
         keep = num_kept(remaining, self.cfg.rate)
         scores = [torch.where(m, w, torch.full_like(w, -1.0)) for w, m in zip(trained, current, strict=True)]
-        flat = topk_mask(torch.cat([s.reshape(-1) for s in scores]), keep)  # pruned weights (-1) never return
-        nxt = [part.view_as(s) for part, s in zip(flat.split([s.numel() for s in scores]), scores, strict=True)]
+        nxt = global_topk(scores, keep)  # pruned weights (-1) never return
         atomic_torch_save(Path(state.run_dir) / NEXT_MASK_FILE,
                           {f"{name}.weight": m.cpu() for (name, _), m in zip(self.layers, nxt, strict=True)})
 

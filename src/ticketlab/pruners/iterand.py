@@ -28,8 +28,9 @@ from torch import nn
 
 from ..errors import check_choice, check_range
 from ..init import WEIGHT_INITS, layer_generator, weight_std
-from ..masks import masked_tensors, topk_mask
+from ..masks import masked_tensors
 from ..phases import TrainState
+from ..selection import topk_mask
 from .base import PruneContext, register_pruner
 from .edge_popup import EdgePopup, EdgePopupConfig
 

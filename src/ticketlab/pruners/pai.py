@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, NonFiniteError, check_choice, check_range
-from ..masks import FixedMask, attach_dense_masks, num_kept, select_layers, topk_mask
+from ..masks import FixedMask, attach_dense_masks, select_layers
+from ..selection import global_topk, num_kept, topk_mask
 from .base import PruneContext, Pruner, PrunerConfig
 
 
@@ -100,16 +101,41 @@ def allocate(scores: list[Tensor], density: float, scope: str, min_per_layer: in
     if scope == "layerwise":
         return [topk_mask(s, max(num_kept(s.numel(), sparsity), min(min_per_layer, s.numel()))) for s in scores]
     total = num_kept(sum(s.numel() for s in scores), sparsity)
-    flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
+    keys = [s.detach().float() for s in scores]
     if min_per_layer > 0:
         reserved = [topk_mask(s, min(min_per_layer, s.numel())) for s in scores]
         n_reserved = sum(int(r.sum()) for r in reserved)
         if n_reserved > total:
             raise ConfigError(f"the target keeps {total} weights but pruner.min_weights_per_layer={min_per_layer} "
                               f"reserves {n_reserved} over {len(scores)} layers; lower the guard or the sparsity.")
-        flat[torch.cat([r.reshape(-1) for r in reserved])] = math.inf
-    keep = topk_mask(flat, total, nonnegative=bool(flat.min() >= 0))
-    return [part.view_as(s) for part, s in zip(keep.split([s.numel() for s in scores]), scores, strict=True)]
+        keys = [torch.where(r, math.inf, k) for k, r in zip(keys, reserved, strict=True)]
+    return global_topk(keys, total, nonnegative=all(bool(k.min() >= 0) for k in keys))
+
+
+def shrink_global(kept_scores: list[Tensor], kept: list[Tensor], total: int) -> list[tuple[Tensor, Tensor]] | None:
+    """One global top-``total`` when every entry outside ``kept`` scores exactly 0: selected among the kept
+    entries only, the same result as :func:`allocate` at a fraction of the cost once most weights are pruned.
+
+    Args:
+        kept_scores: per masked tensor, the scores of its kept entries (1-D, in the order of ``kept``).
+        kept: per tensor, the ascending flat indices of the entries kept so far.
+        total: entries to keep in all.
+
+    Returns:
+        Per tensor, ``(kept, dropped)``: the ascending indices still kept and those this round removes; or
+        ``None`` when the answer would involve zero scores (ties with the pruned entries: then
+        :func:`allocate` decides, by lowest index).
+
+    Raises:
+        NonFiniteError: NaN scores.
+    """
+    sub = torch.cat([s.detach().reshape(-1).float() for s in kept_scores])
+    if total > sub.numel():
+        return None
+    keep = topk_mask(sub, total, nonnegative=True)
+    if total and not bool(sub[keep].min() > 0):
+        return None
+    return [(i[part], i[~part]) for i, part in zip(kept, keep.split([len(i) for i in kept]), strict=True)]
 
 
 class ScorePruner(Pruner):
@@ -189,25 +215,60 @@ class ScorePruner(Pruner):
                             f"{target} weight(s) will be kept.")
         return warnings
 
+    #: Scores of pruned entries are exactly 0 (SynFlow: ``|W * dR/dW|`` with ``dR/dW = 0`` where ``m = 0``), so a
+    #: global round can select among the kept entries only (:func:`shrink_global`).
+    zero_outside_mask = False
+
+    def score_kept(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext,
+                   kept: list[Tensor]) -> list[Tensor]:
+        """The scores of the kept entries only (1-D per tensor, in the order of ``kept``); by default gathered
+        from :meth:`score`. Methods with ``zero_outside_mask`` may compute them directly (cheaper)."""
+        return [s.reshape(-1)[i] for s, i in zip(self.score(model, weights, ctx), kept, strict=True)]
+
+    def begin_scoring(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Before the first round (e.g. SynFlow's absolute-valued network); default nothing."""
+
+    def end_scoring(self, model: nn.Module) -> None:
+        """After the last round, also when a round fails or a stop is requested; default nothing."""
+
     def initialize(self, model: nn.Module, ctx: PruneContext) -> None:
         """Run the score -> mask rounds (checking for a stop request between rounds)."""
         target = 1.0 - self.cfg.sparsity
         n = self.cfg.iterations
         was_training = model.training
-        for k in range(1, n + 1):
-            density = target ** (k / n) if self.cfg.schedule == "exponential" else 1 - (1 - target) * k / n
-            self._set_bn_mode(model)
-            scores = self.score(model, self.weights, ctx)
-            new = allocate(scores, density, self.cfg.scope, self.cfg.min_weights_per_layer)
-            with torch.no_grad():
-                for fm, m in zip(self.masks, new, strict=True):
-                    fm.mask.copy_(m)
-            for w in self.weights:
-                w.grad = None
+        track = self.zero_outside_mask and self.cfg.scope == "global" and not self.cfg.min_weights_per_layer
+        kept: list[Tensor] | None = None  # with `track`: flat indices of the kept entries of each tensor
+        total_n = sum(w.numel() for w in self.weights)
+        self.begin_scoring(model, ctx)
+        try:
+            for k in range(1, n + 1):
+                density = target ** (k / n) if self.cfg.schedule == "exponential" else 1 - (1 - target) * k / n
+                self._set_bn_mode(model)
+                shrunk = None
+                if kept is not None:
+                    shrunk = shrink_global(self.score_kept(model, self.weights, ctx, kept), kept,
+                                           num_kept(total_n, min(max(1.0 - density, 0.0), 1.0 - 1e-12)))
+                if shrunk is None:  # the first round, or (rarely) zero scores among the kept: score everything
+                    scores = self.score(model, self.weights, ctx)
+                with torch.no_grad():
+                    if shrunk is not None:  # only entries kept so far can stay: zero the dropped ones in place
+                        for fm, (_, dropped) in zip(self.masks, shrunk, strict=True):
+                            fm.mask.view(-1)[dropped] = 0.0
+                        kept = [k_idx for k_idx, _ in shrunk]
+                    else:
+                        new = allocate(scores, density, self.cfg.scope, self.cfg.min_weights_per_layer)
+                        for fm, m in zip(self.masks, new, strict=True):
+                            fm.mask.copy_(m)
+                        if track:
+                            kept = [m.reshape(-1).nonzero().squeeze(1) for m in new]
+                for w in self.weights:
+                    w.grad = None
+                model.train(was_training)
+                if k < n:
+                    ctx.stop.check(f"pruning round {k} of {n}")
+        finally:
+            self.end_scoring(model)
             model.train(was_training)
-            if k < n:
-                ctx.stop.check(f"pruning round {k} of {n}")
-        model.train(was_training)
 
     def _set_bn_mode(self, model: nn.Module) -> None:
         model.train(self.cfg.bn_mode == "train")

@@ -34,41 +34,64 @@ class Synflow(ScorePruner):
 
     cfg: SynflowConfig
 
+    zero_outside_mask = True  # dR/dW = dR/dW_eff * m is exactly 0 where m = 0
+
     def _set_bn_mode(self, model: nn.Module) -> None:
         model.eval()  # SynFlow always scores in eval mode
 
-    @torch.no_grad()
-    def _abs_state(self, model: nn.Module) -> dict[str, Tensor]:
-        signs = {}
-        for name, t in model.state_dict(keep_vars=True).items():
-            if t.is_floating_point():
-                signs[name] = torch.sign(t.data)
-                t.data.abs_()
-        return signs
+    @staticmethod
+    def _state(model: nn.Module) -> dict[str, Tensor]:
+        """Floating-point parameters and buffers, mask buffers excepted (they change between rounds)."""
+        return {name: t for name, t in model.state_dict(keep_vars=True).items()
+                if t.is_floating_point() and not (".parametrizations." in name and name.endswith(".mask"))}
 
     @torch.no_grad()
-    def _restore(self, model: nn.Module, signs: dict[str, Tensor]) -> None:
-        for name, t in model.state_dict(keep_vars=True).items():
-            if name in signs:
-                t.data.mul_(signs[name])
+    def begin_scoring(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Replace every state entry by its absolute value (signs kept), once for all rounds; float64 if asked."""
+        if ctx.data is None or ctx.data.input_shape is None:
+            raise RuntimeError("synflow needs the input shape (the data bundle)")
+        self._signs = {}
+        for name, t in self._state(model).items():
+            self._signs[name] = torch.signbit(t.data)
+            t.data.abs_()
+        self._dtype = next(model.parameters()).dtype
+        if self.cfg.double:
+            model.to(torch.float64)
+
+    @torch.no_grad()
+    def end_scoring(self, model: nn.Module) -> None:
+        """Restore the dtype and the signs."""
+        model.to(self._dtype)
+        for name, t in self._state(model).items():
+            if name in self._signs:
+                t.data[self._signs[name]] *= -1
+        self._signs = {}
+
+    def _backward(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext) -> None:
+        dtype = torch.float64 if self.cfg.double else self._dtype
+        for w in weights:
+            w.requires_grad_(True)
+            w.grad = None
+        model(torch.ones((1, *ctx.data.input_shape), dtype=dtype, device=ctx.device)).sum().backward()
+
+    def score_kept(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext,
+                   kept: list[Tensor]) -> list[Tensor]:
+        """``|W * dR/dW|`` at the kept entries only (1-D per tensor, in the order of ``kept``)."""
+        self._backward(model, weights, ctx)
+        return [(w.grad.reshape(-1)[i] * w.detach().reshape(-1)[i]).abs_().to(self._dtype)
+                for w, i in zip(weights, kept, strict=True)]
 
     def score(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext) -> list[Tensor]:
-        """``|W * dR/dW|`` of the absolute-valued network on an all-ones input (shape of each weight)."""
-        shape = ctx.data.input_shape if ctx.data is not None else None
-        if shape is None:
-            raise RuntimeError("synflow needs the input shape (the data bundle)")
-        original_dtype = weights[0].dtype
-        signs = self._abs_state(model)
-        dtype = torch.float64 if self.cfg.double else original_dtype
-        model.to(dtype)
-        try:
-            for w in weights:
-                w.requires_grad_(True)
-                w.grad = None
-            x = torch.ones((1, *shape), dtype=dtype, device=ctx.device)
-            model(x).sum().backward()
-            scores = [(w.grad * w).detach().abs().to(original_dtype) for w in weights]
-        finally:
-            model.to(original_dtype)
-            self._restore(model, signs)
-        return scores
+        """``|W * dR/dW|`` of the absolute-valued network on an all-ones input (shape of each weight).
+
+        Between :meth:`begin_scoring` and :meth:`end_scoring` (as :meth:`initialize` calls it) the network is
+        already absolute-valued; a call on its own does both.
+        """
+        if not getattr(self, "_signs", None):
+            self.begin_scoring(model, ctx)
+            try:
+                return self.score(model, weights, ctx)
+            finally:
+                self.end_scoring(model)
+        self._backward(model, weights, ctx)
+        return [(w.grad * w).detach().abs_().to(self._dtype) for w in weights]

@@ -27,9 +27,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ..errors import ConfigError, check_choice, check_range
-from ..masks import BipropMask, ScoreMask, masked_tensors
+from ..masks import ScoreMask, masked_tensors
 from ..phases import TrainState
 from .base import PruneContext, register_pruner
+from .biprop import BipropMask
 from .edge_popup import EdgePopup, EdgePopupConfig
 
 

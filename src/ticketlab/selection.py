@@ -1,0 +1,248 @@
+"""Exact top-k selection: which entries of a score tensor a mask keeps.
+
+Kept-count convention (pinned by the tests): a tensor of ``n`` entries at sparsity ``p`` keeps
+``n - floor(p * n)`` entries (:func:`num_kept`) -- the convention of allenai/hidden-networks
+(``utils/conv_type.py``), which zeroes the ``floor((1 - k) n)`` lowest scores. A global top-k
+applies the same formula to the total count of all tensors (:func:`global_topk`). Ties are broken
+deterministically (lower flat index wins), so the kept count is always exact.
+
+Selection never sorts: :func:`topk_mask` finds the k-th largest value by selection
+(:func:`kth_largest`: ``kthvalue``, after a radix pass on the CPU). :class:`BandSelector` makes a
+repeated selection over slowly moving scores (edge-popup's every step) cheaper still: last step's
+threshold is a good guess, so only the entries in a narrow band around it are selected among,
+with a full selection when the band misses. Every path returns the same mask as a full sort.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError, NonFiniteError
+
+
+def num_kept(n: int, sparsity: float) -> int:
+    """Number of entries kept out of ``n`` at ``sparsity`` (fraction removed).
+
+    Convention: ``n - floor(sparsity * n)`` (allenai/hidden-networks, ``GetSubnet``), computed exactly:
+    ``sparsity`` is read as the decimal it prints as (``repr``), so ``num_kept(100, 0.29) == 71`` although
+    ``0.29 * 100 == 28.999999999999996`` in floating point, and no slack ever removes one weight too many
+    on large tensors.
+
+    Args:
+        n: number of entries (>= 0).
+        sparsity: fraction removed, in [0, 1).
+
+    Returns:
+        The kept count, in ``[1, n]`` for ``n >= 1`` and ``sparsity < 1``.
+
+    Raises:
+        ConfigError: if ``sparsity`` is outside [0, 1).
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"sparsity={sparsity!r} must be in [0, 1) (fraction of weights removed).")
+    removed = math.floor(Fraction(repr(float(sparsity))) * n)
+    return n - min(removed, n)
+
+
+def num_kept_percentile(n: int, sparsity: float) -> int:
+    """Kept count of a percentile threshold: ``n - round(sparsity * (n - 1))`` (Python's round, half to even).
+
+    IteRand's reference (dchiji-ntt/iterand ``models/networks/sparse_modules.py``, ``percentile``) keeps the
+    scores at or above the ``1 + round(p (n - 1))``-th smallest; without ties that is this many. It differs
+    from :func:`num_kept` by one in about a third of the ``(n, p)`` pairs.
+
+    Raises:
+        ConfigError: ``sparsity`` outside [0, 1).
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"sparsity={sparsity!r} must be in [0, 1) (fraction of weights removed).")
+    return n - round(sparsity * (n - 1))
+
+
+def kth_largest(flat: Tensor, k: int, nonnegative: bool = False) -> Tensor:
+    """The ``k``-th largest entry of a 1-D tensor, by selection (never a full sort).
+
+    On CUDA (and for non-float32 or small tensors) this is ``kthvalue``, a radix select. On the
+    CPU, where ``kthvalue`` costs ~12 ns per element, one radix pass is done first: float32 bit
+    patterns are mapped to integers of the same order, a ``bincount`` over their top 16 bits
+    finds the bin holding the k-th largest value, and ``kthvalue`` runs on that bin only
+    (about 4x faster on a 235k-entry layer).
+
+    Args:
+        flat: 1-D tensor of ``n`` entries.
+        k: rank from the top, ``1 <= k <= n``.
+        nonnegative: promise that no entry is negative (e.g. ``|S|``), which skips the mapping of
+            negative floats to ordered integers. A wrong promise gives a wrong answer.
+
+    Returns:
+        0-dim tensor on ``flat``'s device.
+    """
+    n = flat.numel()
+    if flat.device.type != "cpu" or flat.dtype != torch.float32 or n < 8192:
+        return flat.kthvalue(n - k + 1).values
+    bits = flat.view(torch.int32)
+    if nonnegative:
+        high, bins = bits >> 16, 32768  # non-negative floats order like their bit patterns
+    else:
+        ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # same order as the float values
+        high, bins = (ordered >> 16) + 32768, 65536
+    counts = torch.bincount(high, minlength=bins)
+    from_top = counts.flip(0).cumsum(0)
+    j = int(torch.searchsorted(from_top, k))  # first bin (from the top) reaching k entries
+    b = bins - 1 - j
+    above = int(from_top[j]) - int(counts[b])  # entries in higher bins
+    cand = flat[high == b]
+    return cand.kthvalue(cand.numel() - (k - above) + 1).values
+
+
+def topk_mask(key: Tensor, k: int, nonnegative: bool = False) -> Tensor:
+    """Boolean mask of the ``k`` largest entries of ``key``, without sorting.
+
+    The threshold is the k-th largest value (:func:`kth_largest`); every entry above it is kept,
+    and entries equal to it are kept lowest flat index first until exactly ``k`` are kept, so the
+    count is exact even with ties (e.g. scores clamped at 0). On CUDA there is no host
+    synchronisation.
+
+    Args:
+        key: ranking key, any shape, floating point.
+        k: number of entries to keep; clipped to ``[0, key.numel()]``.
+        nonnegative: ``key`` has no negative entry (see :func:`kth_largest`).
+
+    Returns:
+        Bool tensor of ``key``'s shape with exactly ``min(max(k, 0), n)`` True entries.
+
+    Raises:
+        NonFiniteError: on the CPU, when NaN entries make an exact top-k impossible (NaN is not
+            ordered). On CUDA the count is not checked (that would synchronise with the host);
+            the training loop checks the scores for NaN every few steps instead
+            (:func:`nonfinite_scores`).
+    """
+    flat = key.detach().reshape(-1)
+    n = flat.numel()
+    if k >= n:
+        return torch.ones_like(key, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(key, dtype=torch.bool)
+    v = kth_largest(flat, k, nonnegative)
+    if flat.device.type == "cpu":
+        keep = flat >= v
+        if int(keep.sum()) == k:  # no tie at the threshold: the common case
+            return keep.view_as(key)
+    above = flat > v
+    ties = flat == v
+    keep = above | (ties & (ties.cumsum(0) <= k - above.sum()))
+    if flat.device.type == "cpu" and int(keep.sum()) != k:
+        nans = int(torch.isnan(flat).sum())
+        raise NonFiniteError("scores", f"a top-{k} of {n} entries found only {int(keep.sum())}: {nans} of them are "
+                                       "NaN, which has no rank")
+    return keep.view_as(key)
+
+
+def _threshold_mask(flat: Tensor, v: Tensor, k: int) -> Tensor:
+    """Entries above ``v`` plus the lowest-index entries equal to ``v``, ``k`` in all (1-D bool)."""
+    above = flat > v
+    ties = flat == v
+    return above | (ties & (ties.cumsum(0) <= k - above.sum()))
+
+
+def global_topk(keys: list[Tensor], k: int, nonnegative: bool = False) -> list[Tensor]:
+    """One exact top-``k`` over several tensors, as if they were concatenated (global pruning).
+
+    Used by every global method alike: :class:`ticketlab.masks.JointTopK` (edge-popup's global scope),
+    pruning-at-init allocation and IMP's global magnitude pruning.
+
+    Args:
+        keys: ranking keys, any shapes, floating point.
+        k: entries kept in all; clipped to ``[0, N]``.
+        nonnegative: no key has a negative entry (see :func:`kth_largest`).
+
+    Returns:
+        Bool masks of the keys' shapes with exactly ``min(max(k, 0), N)`` True entries in all.
+
+    Raises:
+        NonFiniteError: on the CPU, NaN entries make an exact top-k impossible.
+    """
+    flat = torch.cat([t.detach().reshape(-1) for t in keys])
+    keep = topk_mask(flat, k, nonnegative)
+    return [part.view_as(t) for part, t in zip(keep.split([t.numel() for t in keys]), keys, strict=True)]
+
+
+class BandSelector:
+    """Exact top-k of a key that changes a little between calls (a trained score tensor).
+
+    Keeps the last threshold ``t`` (the k-th largest value) and a band half-width ``w``. A call counts
+    the entries above ``t + w`` and selects the k-th largest among the few entries inside
+    ``[t - w, t + w]`` only; when the band does not hold the k-th entry (the scores moved further), it
+    falls back to :func:`topk_mask` and widens the band. The result is always the exact top-k with
+    lowest-index tie breaking, the same mask as :func:`topk_mask` and as a full sort. CPU only (on
+    CUDA :func:`topk_mask` is already one kernel without host synchronisation).
+
+    Attributes:
+        hits, misses: calls answered inside the band, and full selections (for benchmarks).
+    """
+
+    def __init__(self) -> None:
+        self.t: float | None = None
+        self.w = 0.0
+        self.hits = 0
+        self.misses = 0
+
+    def reset(self) -> None:
+        """Forget the last threshold (e.g. after the kept count changes a lot)."""
+        self.t = None
+
+    def __call__(self, key: Tensor, k: int, nonnegative: bool = False) -> Tensor:
+        """Bool mask of the ``k`` largest entries of ``key`` (shape of ``key``).
+
+        Raises:
+            NonFiniteError: NaN entries make an exact top-k impossible.
+        """
+        flat = key.detach().reshape(-1)
+        n = flat.numel()
+        if k <= 0 or k >= n or flat.device.type != "cpu" or n < 4096:
+            return topk_mask(key, k, nonnegative)
+        if self.t is not None and self.w > 0:
+            n_above = int(torch.count_nonzero(flat > self.t + self.w))
+            if n_above < k:
+                band = flat[torch.sub(flat, self.t).abs_() <= self.w]
+                need = k - n_above
+                if need <= band.numel():
+                    v = band.kthvalue(band.numel() - need + 1).values
+                    keep = flat >= v
+                    if int(torch.count_nonzero(keep)) != k:  # ties at the threshold (or NaN: the full path raises)
+                        keep = _threshold_mask(flat, v, k)
+                    if int(torch.count_nonzero(keep)) == k:
+                        self._update(float(v), band.numel(), n)
+                        self.hits += 1
+                        return keep.view_as(key)
+        self.misses += 1
+        v = kth_largest(flat, k, nonnegative)
+        keep = flat >= v
+        if int(torch.count_nonzero(keep)) != k:
+            keep = _threshold_mask(flat, v, k)
+            if int(torch.count_nonzero(keep)) != k:
+                raise NonFiniteError("scores", f"a top-{k} of {n} entries found only {int(keep.sum())}: "
+                                               f"{int(torch.isnan(flat).sum())} of them are NaN, which has no rank")
+        t = float(v)
+        # first call or a miss: start from a band holding about 1/64 of the entries around the threshold
+        spread = float(flat.std()) if self.t is None else max(self.w * 4, abs(t - self.t) * 2)
+        self.w = max(spread * (1 / 64 if self.t is None else 1.0), abs(t) * 1e-6, 1e-30)
+        self.t = t
+        return keep.view_as(key)
+
+    def _update(self, t: float, in_band: int, n: int) -> None:
+        """Track the threshold; keep the band at about 1/256 to 1/16 of the entries."""
+        moved = abs(t - self.t)
+        self.t = t
+        if in_band > n // 16:
+            self.w *= 0.5
+        elif in_band < n // 256:
+            self.w *= 2.0
+        self.w = max(self.w, 2.0 * moved, abs(t) * 1e-6, 1e-30)
+
+
+__all__ = ["BandSelector", "global_topk", "kth_largest", "num_kept", "num_kept_percentile", "topk_mask"]
