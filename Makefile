@@ -8,7 +8,7 @@ DATA_COPY  ?= .data
 DATA_DIR   ?= $(if $(wildcard $(SHARED)),$(abspath $(DATA_COPY)),)
 ARGS       ?=
 
-.PHONY: help install data run test lint bench chaos reproduce clean
+.PHONY: help install data run test test-gpu lint bench chaos reproduce clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -39,11 +39,15 @@ run: install  ## run train.py with the defaults (edge-popup, MLP, digits); extra
 test: install data  ## install, prepare the data copy, run pytest
 	DATA_DIR="$(DATA_DIR)" $(PY) -m pytest $(ARGS)
 
+test-gpu: install data  ## the device-parametrized tests (marker devices) on CUDA; needs a GPU
+	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA device here')"
+	DATA_DIR="$(DATA_DIR)" $(PY) -m pytest -m devices -k cuda $(ARGS)
+
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
-bench: install  ## step-time benchmark (dense vs edge-popup)
-	$(PY) scripts/bench.py $(ARGS)
+bench: install data  ## benchmarks: make bench ARGS=bench.what=suite (LeNet, Conv-6, SynFlow, PHEW; one table)
+	DATA_DIR="$(DATA_DIR)" $(PY) scripts/bench.py $(ARGS)
 
 chaos: install data  ## kill runs at random moments, relaunch them, compare with uninterrupted twins (minutes)
 	DATA_DIR="$(DATA_DIR)" $(PY) scripts/chaos.py $(ARGS)

@@ -1,30 +1,36 @@
-"""Benchmarks (not tests): training-step time, and pruning-at-init mask time.
+"""Benchmarks (not tests): training-step time, mask time of pruning at initialization, and a suite.
 
-    python scripts/bench.py model=lenet300_100 dataset=mnist dataset.batch_size=128
+    python scripts/bench.py model=lenet300_100 dataset=mnist dataset.batch_size=128 trainer.threads=1
     python scripts/bench.py model=conv6 dataset=cifar10 dataset.batch_size=128
     python scripts/bench.py bench.what=pai                # PHEW on vgg19, SynFlow x100 on vgg16 (CIFAR-10 shapes)
+    python scripts/bench.py bench.what=suite              # all of it, one Markdown table
 
-``bench.what=pai`` times the computation of a PHEW mask for ``bench.phew_model`` at each density of
-``bench.phew_densities`` and SynFlow's ``bench.synflow_iterations`` rounds on ``bench.synflow_model``
-(Kaiming-normal init, CIFAR-10 input shape, no data needed), in seconds.
+``bench.what=step`` (default): for the chosen model, data and batch size, the median time of one optimizer
+step (forward, backward, update) of dense training and of edge-popup (TicketLab's selection), their ratio,
+images per second and the projected time of a 100-epoch run (100 x batches per epoch x median step; data
+loading and evaluation not included). ``bench.full_sort=true`` adds edge-popup with the reference code's
+full sort per step (allenai/hidden-networks ``GetSubnet``).
 
-``bench.what=step`` (default):
-Prints, for the chosen model and batch size, the median time of one optimizer step (forward,
-backward, SGD update) of dense training, of edge-popup (kthvalue top-k, TicketLab's), and of
-edge-popup with a full sort per step (what allenai/hidden-networks' ``GetSubnet`` does), and the
-ratios. Results also go to ``bench.json`` in the Hydra run folder. Uses the config groups of
-``train.py`` (``conf/bench.yaml`` extends ``conf/config.yaml``).
+``bench.what=pai``: seconds to compute a PHEW mask for ``bench.phew_model`` at each of
+``bench.phew_densities``, and SynFlow's ``bench.synflow_iterations`` rounds on ``bench.synflow_model`` to
+``bench.synflow_density`` (Kaiming-normal init, CIFAR-10 input shape, no data needed).
+
+``bench.what=suite``: LeNet-300-100 on MNIST at 1 and 2 threads, Conv-6 on CIFAR-10, SynFlow and PHEW,
+as one Markdown table (also in ``bench.json``).
+
+``trainer.threads`` (0 = torch's default) sets the CPU threads; ``trainer.device`` the device. Results go to
+``bench.json`` in the Hydra run folder. Uses ``train.py``'s config groups (``conf/bench.yaml``).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import hydra
 import torch
 from hydra import compose
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import ticketlab.masks as masks
@@ -37,63 +43,121 @@ from ticketlab.results import atomic_write_json
 from ticketlab.run import hydra_run_dir, resolve, select_device
 
 
-def sort_topk_mask(key: torch.Tensor, k: int, nonnegative: bool = False) -> torch.Tensor:
-    """The reference code's top-k: sort the whole tensor, keep the last k (for comparison only)."""
-    flat = key.detach().reshape(-1)
-    out = torch.zeros_like(flat, dtype=torch.bool)
-    out[flat.sort().indices[flat.numel() - k:]] = True
-    return out.view_as(key)
+class FullSort:
+    """The reference code's selection (sort everything, keep the last k), for comparison only."""
+
+    def __call__(self, key: torch.Tensor, k: int, nonnegative: bool = False) -> torch.Tensor:  # noqa: D102
+        flat = key.detach().reshape(-1)
+        out = torch.zeros_like(flat, dtype=torch.bool)
+        out[flat.sort().indices[flat.numel() - k:]] = True
+        return out.view_as(key)
+
+    def reset(self) -> None:  # noqa: D102
+        pass
 
 
-def time_steps(pruner_name: str, batch, device, steps: int, warmup: int) -> list[float]:
-    """Seconds per optimizer step with ``pruner=<pruner_name>`` and the command line's other overrides."""
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("pruner")]
-    pruner_over = [o for o in HydraConfig.get().overrides.task if o.startswith("pruner.")]
-    if pruner_name == "edge_popup":
-        overrides += pruner_over
-    rc = resolve(compose(config_name="bench", overrides=overrides + [f"pruner={pruner_name}"]), ("bench",))
+def set_threads(threads: int) -> None:
+    """``torch.set_num_threads`` when ``threads > 0``."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_times(overrides: list[str], batch, device: torch.device, steps: int, warmup: int,
+               full_sort: bool = False) -> list[float]:
+    """Seconds per optimizer step of the run ``overrides`` describe, on one fixed batch."""
+    rc = resolve(compose(config_name="bench", overrides=overrides), ("bench",))
     x, y = batch
     model = build_model(rc.model, tuple(x.shape[1:]), int(y.max()) + 1)
     pruner = build_pruner(rc.pruner)
     init_weights(model, rc.init, rc.seed, pruner.densities(model))
     model.to(device)
     pruner.prepare(model, PruneContext(rc.seed, rc.init, device))
+    if full_sort:
+        for mt in masks.masked_tensors(model):
+            if isinstance(mt.mask, masks.ScoreMask):
+                mt.mask.select = FullSort()
     opt = build_optimizer(pruner.trainable_parameters(model), rc.optimizer)
     loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
     times = []
     for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         t = time.perf_counter()
         loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return times
 
 
-def bench_pai(cfg: DictConfig) -> dict:
+def bench_step(base: list[str], steps: int, warmup: int, full_sort: bool) -> dict[str, Any]:
+    """Dense vs edge-popup median step for the config ``base`` (overrides) describes."""
+    rc = resolve(compose(config_name="bench", overrides=base), ("bench",))
+    set_threads(rc.trainer.threads)
+    device = select_device(rc.trainer.device)
+    torch.manual_seed(rc.seed)
+    data = build_data(rc.dataset, device, rc.seed)
+    x, y = next(iter(data.train))
+    batch = (x.to(device), (y % data.num_classes).to(device))
+    per_epoch = len(data.train)
+    keep = [o for o in base if not o.startswith("pruner")]
+    res: dict[str, Any] = {"model": rc.model.name, "dataset": rc.dataset.name, "batch_size": len(y),
+                           "device": str(device), "threads": torch.get_num_threads(), "steps": steps,
+                           "batches_per_epoch": per_epoch}
+    variants = {"dense": keep + ["pruner=dense"], "edge_popup": keep + ["pruner=edge_popup"] +
+                [o for o in base if o.startswith("pruner.")]}
+    for name, over in variants.items():
+        t = statistics.median(step_times(over, batch, device, steps, warmup))
+        res[f"{name}_s"] = t
+        res[f"{name}_images_per_s"] = len(y) / t
+        res[f"{name}_100_epochs_h"] = 100 * per_epoch * t / 3600
+    res["ratio"] = res["edge_popup_s"] / res["dense_s"]
+    if full_sort:
+        res["full_sort_s"] = statistics.median(step_times(variants["edge_popup"], batch, device, steps, warmup,
+                                                          full_sort=True))
+        res["full_sort_ratio"] = res["full_sort_s"] / res["dense_s"]
+    return res
+
+
+def print_step(res: dict[str, Any]) -> None:
+    """The step benchmark as lines."""
+    print(f"{res['model']} on {res['dataset']}, batch {res['batch_size']}, {res['device']} ({res['threads']} "
+          f"threads), median of {res['steps']} steps:")
+    for name in ("dense", "edge_popup"):
+        print(f"  {name:<11} {res[f'{name}_s'] * 1e3:9.2f} ms  {res[f'{name}_images_per_s']:9.0f} img/s  "
+              f"100 epochs ~ {res[f'{name}_100_epochs_h']:.2f} h")
+    print(f"  edge-popup / dense: {res['ratio']:.2f}x")
+    if "full_sort_s" in res:
+        print(f"  edge-popup with the reference's full sort: {res['full_sort_s'] * 1e3:.2f} ms "
+              f"({res['full_sort_ratio']:.2f}x)")
+
+
+def bench_pai(cfg: DictConfig) -> dict[str, Any]:
     """Seconds to compute PHEW masks and SynFlow's iterations (see the module docstring)."""
     from ticketlab.config import InitConfig, ModelConfig
     from ticketlab.data import DataBundle
-    from ticketlab.masks import prunable_layers
     from ticketlab.pruners.phew import phew_masks
     from ticketlab.pruners.synflow import SynflowConfig
 
+    set_threads(int(cfg.trainer.threads))
     shape, init = (3, 32, 32), InitConfig(name="kaiming_normal")
-    res = {"threads": torch.get_num_threads(), "phew": {}, "synflow": {}}
+    res: dict[str, Any] = {"threads": torch.get_num_threads(), "phew": {}, "synflow": {}}
     model = build_model(ModelConfig(name=cfg.bench.phew_model, batch_norm=True), shape, 10)
     init_weights(model, init, 0)
-    weights = [layer.weight.detach() for _, layer in prunable_layers(model)]
+    weights = [layer.weight.detach() for _, layer in masks.prunable_layers(model)]
     for d in cfg.bench.phew_densities:
         t = time.perf_counter()
-        masks, walks = phew_masks(weights, d, seed=0)
+        found, walks = phew_masks(weights, d, seed=0)
         res["phew"][str(d)] = {"seconds": time.perf_counter() - t, "walks": walks,
-                               "kept": sum(int(m.sum()) for m in masks)}
+                               "kept": sum(int(m.sum()) for m in found)}
         print(f"PHEW {cfg.bench.phew_model} density {d:g}: {res['phew'][str(d)]['seconds']:.2f} s "
               f"({walks} walks, {res['phew'][str(d)]['kept']} weights kept)", flush=True)
     model = build_model(ModelConfig(name=cfg.bench.synflow_model, batch_norm=True), shape, 10)
@@ -103,48 +167,62 @@ def bench_pai(cfg: DictConfig) -> dict:
     bundle = DataBundle("shape-only", [], [], shape, 10, 0, 0)
     t = time.perf_counter()
     pruner.prepare(model, PruneContext(0, init, torch.device("cpu"), bundle, 0))
+    kept = sum(int(fm.mask.sum()) for fm in pruner.masks)
     res["synflow"] = {"seconds": time.perf_counter() - t, "iterations": cfg.bench.synflow_iterations,
-                      "density": cfg.bench.synflow_density}
+                      "density": cfg.bench.synflow_density, "kept": kept}
     print(f"SynFlow {cfg.bench.synflow_model}, {cfg.bench.synflow_iterations} iterations to density "
-          f"{cfg.bench.synflow_density:g}: {res['synflow']['seconds']:.1f} s", flush=True)
+          f"{cfg.bench.synflow_density:g}: {res['synflow']['seconds']:.1f} s ({kept} weights kept)", flush=True)
     return res
+
+
+def bench_suite(cfg: DictConfig) -> tuple[dict[str, Any], str]:
+    """LeNet-300-100 (1 and 2 threads), Conv-6, SynFlow and PHEW; returns the results and a Markdown table."""
+    res: dict[str, Any] = {}
+    rows = ["| benchmark | threads | dense step | edge-popup step | edge-popup / dense | edge-popup img/s | "
+            "100 epochs (edge-popup) |", "|---|---|---|---|---|---|---|"]
+    cases = [("lenet300_100 mnist", ["model=lenet300_100", "dataset=mnist"], t, cfg.bench.steps) for t in (1, 2)]
+    cases.append(("conv6 cifar10", ["model=conv6", "dataset=cifar10"], int(cfg.trainer.threads) or 2,
+                  cfg.bench.conv_steps))
+    for label, over, threads, steps in cases:
+        r = bench_step([*over, "dataset.batch_size=128", f"trainer.threads={threads}"], steps, cfg.bench.warmup,
+                       False)
+        res[f"{label} {threads}t"] = r
+        print_step(r)
+        rows.append(f"| {label}, batch 128 | {r['threads']} | {r['dense_s'] * 1e3:.2f} ms | "
+                    f"{r['edge_popup_s'] * 1e3:.2f} ms | {r['ratio']:.2f}x | {r['edge_popup_images_per_s']:.0f} | "
+                    f"{r['edge_popup_100_epochs_h']:.2f} h |")
+    pai = bench_pai(cfg)
+    res["pai"] = pai
+    s = pai["synflow"]
+    rows.append(f"| SynFlow {cfg.bench.synflow_model}, {s['iterations']} rounds to density {s['density']:g} | "
+                f"{pai['threads']} | | {s['seconds']:.1f} s | | | |")
+    for d, p in pai["phew"].items():
+        rows.append(f"| PHEW {cfg.bench.phew_model} at density {d} | {pai['threads']} | | {p['seconds']:.2f} s | "
+                    "| | |")
+    return res, "\n".join(rows)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
     """Run the benchmark described in the module docstring."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out = hydra_run_dir() / "bench.json"
     if cfg.bench.what == "pai":
-        atomic_write_json(hydra_run_dir() / "bench.json", bench_pai(cfg))
+        atomic_write_json(out, bench_pai(cfg))
         return
-    rc = resolve(cfg, ("bench",))
-    device = select_device(rc.trainer.device)
-    torch.manual_seed(rc.seed)
-    data = build_data(rc.dataset, device, rc.seed)
-    x, y = next(iter(data.train))
-    y = y % data.num_classes
-    steps, warmup = cfg.bench.steps, cfg.bench.warmup
-    res = {"model": rc.model.name, "dataset": rc.dataset.name, "batch_size": len(y), "device": str(device),
-           "threads": torch.get_num_threads(), "steps": steps}
-    res["dense_s"] = statistics.median(time_steps("dense", (x, y), device, steps, warmup))
-    res["edge_popup_s"] = statistics.median(time_steps("edge_popup", (x, y), device, steps, warmup))
-    res["ratio_edge_popup_over_dense"] = res["edge_popup_s"] / res["dense_s"]
-    if cfg.bench.full_sort:
-        original = masks.topk_mask
-        masks.topk_mask = sort_topk_mask
-        try:
-            res["edge_popup_full_sort_s"] = statistics.median(
-                time_steps("edge_popup", (x, y), device, steps, warmup))
-        finally:
-            masks.topk_mask = original
-        res["ratio_full_sort_over_dense"] = res["edge_popup_full_sort_s"] / res["dense_s"]
-    print(f"{rc.model.name} on {rc.dataset.name}, batch {len(y)}, {device} ({torch.get_num_threads()} threads), "
-          f"median of {steps} steps:")
-    print(f"  dense step        {res['dense_s'] * 1e3:9.2f} ms")
-    print(f"  edge-popup step   {res['edge_popup_s'] * 1e3:9.2f} ms   ratio {res['ratio_edge_popup_over_dense']:.2f}x")
-    if cfg.bench.full_sort:
-        print(f"  ... with full sort {res['edge_popup_full_sort_s'] * 1e3:8.2f} ms   ratio "
-              f"{res['ratio_full_sort_over_dense']:.2f}x  (reference code's top-k)")
-    atomic_write_json(hydra_run_dir() / "bench.json", res)
+    if cfg.bench.what == "suite":
+        res, table = bench_suite(cfg)
+        print(f"\n{torch.__version__}, {torch.get_num_threads()} default threads, "
+              f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}\n\n{table}")
+        atomic_write_json(out, {**res, "table": table})
+        return
+    if cfg.bench.what != "step":
+        raise SystemExit(f"bench.what={cfg.bench.what!r} is not known; allowed: step, pai, suite.")
+    base = [o for o in HydraConfig.get().overrides.task if not o.startswith("bench.")]
+    res = bench_step(base, cfg.bench.steps, cfg.bench.warmup, cfg.bench.full_sort)
+    print_step(res)
+    atomic_write_json(out, res)
 
 
 if __name__ == "__main__":

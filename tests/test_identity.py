@@ -47,7 +47,8 @@ def test_result_affecting_keys_change_the_id(overrides):
 
 def test_the_excluded_keys_are_what_the_readme_lists():
     assert NOT_IDENTITY["trainer"] == ("progress", "checkpoint", "checkpoint_every_min", "resume", "threads",
-                                       "strategy")
+                                       "strategy", "channels_last", "compile")
+    assert NOT_IDENTITY["report"] is None
     assert NOT_IDENTITY["dataset"] == ("root", "cache_dir", "download", "num_workers", "eval_batch_size")
     assert NOT_IDENTITY["logger"] is None and NOT_IDENTITY["paths"] is None
 

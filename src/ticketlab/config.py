@@ -309,6 +309,10 @@ class TrainerConfig:
         threads: CPU threads for torch (0 = torch's default; in a Slurm job, the cores it was given).
         strategy: ``single`` (one process) or ``ddp`` (DistributedDataParallel over the processes
             ``torchrun`` or Slurm started; :mod:`ticketlab.distributed`).
+        channels_last: convnets: parameters and image batches in the channels-last memory format (faster
+            convolutions with cuDNN, and with bf16 autocast on tensor cores); sums may differ in the last bits.
+        compile: ``torch.compile`` the training forward (optional; the first steps compile, and masks that
+            change every step may cause recompilations or graph breaks).
         sync_bn: with ``ddp``, batch norm over the global batch (``nn.SyncBatchNorm``) instead of
             each rank's part.
     """
@@ -327,6 +331,8 @@ class TrainerConfig:
     threads: int = 0
     strategy: str = "single"
     sync_bn: bool = False
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         check_choice("trainer.resume", self.resume, RESUME_MODES)

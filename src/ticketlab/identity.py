@@ -5,7 +5,8 @@ idea of facebookresearch/open_lth, ``foundations/desc.py``):
 
 * the identity is the composed config **minus the keys that cannot change the result**
   (:data:`NOT_IDENTITY`: paths, the logger, the progress bar, checkpoint cadence, the resume mode,
-  CPU threads and the DDP strategy -- which change only the order of float sums --, data-loading
+  CPU threads, the DDP strategy, the memory format and compilation -- which change only the order of float
+  sums --, data-loading
   workers, the evaluation batch size) **and minus every field equal to
   its schema default** (except ``name``, which tells the options of a group apart);
 * its SHA-256 over canonical JSON is the run id; the folder is ``<readable name>-<first 10 hex
@@ -39,7 +40,8 @@ NOT_IDENTITY: dict[str, tuple[str, ...] | None] = {
     "paths": None,
     "logger": None,
     "report": None,
-    "trainer": ("progress", "checkpoint", "checkpoint_every_min", "resume", "threads", "strategy"),
+    "trainer": ("progress", "checkpoint", "checkpoint_every_min", "resume", "threads", "strategy", "channels_last",
+                "compile"),
     "dataset": ("root", "cache_dir", "download", "num_workers", "eval_batch_size"),
 }
 #: Fields kept even when equal to their default: they select the group's option.
