@@ -430,9 +430,9 @@ def markdown_table(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> s
                 if col:
                     m &= cells[col] == cv
                 c = cells[m]
-                head = f"{col}={cv}" if col else spec.metric
-                if col == "level" and not c.empty and not math.isnan(c["density"].iloc[0]):
-                    head = f"L{cv} (d={c['density'].iloc[0]:.3f})" if len(rows_labels) == 1 else f"L{cv}"
+                head = (f"L{cv}" if col == "level" else f"{col}={cv}") if col else spec.metric
+                if col == "level" and len(rows_labels) == 1 and not c.empty and not math.isnan(c["density"].iloc[0]):
+                    head = f"L{cv} (d={c['density'].iloc[0]:.3f})"
                 if c.empty:
                     rec[head] = "—"
                     continue
@@ -445,6 +445,9 @@ def markdown_table(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> s
             table.append(rec)
         out.append(_md(pd.DataFrame(table)))
         if spec.kind == "levels":
+            dens = cells.groupby("level", sort=False)["density"].mean()
+            out += ["", "Measured density of all prunable weights per level: "
+                    + ", ".join(f"L{lv} {d:.4f}" for lv, d in dens.items())]
             ml = matching_level(cells, spec)
             if not ml.empty:
                 paper_md = paper[paper.get("level", pd.Series(dtype=str)) == "matching_density"] \

@@ -35,9 +35,8 @@ from .mask_metrics import compare_mask_sets  # noqa: E402
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    fig.tight_layout()
     for p in paths:
-        fig.savefig(p, dpi=150)
+        fig.savefig(p, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return paths
 
