@@ -127,26 +127,29 @@ def topk_mask(key: Tensor, k: int, nonnegative: bool = False) -> Tensor:
         return torch.ones_like(key, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(key, dtype=torch.bool)
-    v = kth_largest(flat, k, nonnegative)
-    if flat.device.type == "cpu":
+    return _keep_from(flat, kth_largest(flat, k, nonnegative), k).view_as(key)
+
+
+def _keep_from(flat: Tensor, v: Tensor, k: int) -> Tensor:
+    """Entries above the k-th largest value ``v`` plus the lowest-index entries equal to it, ``k`` in all
+    (1-D bool, shape of ``flat``).
+
+    Raises:
+        NonFiniteError: on the CPU, when NaN entries leave fewer than ``k`` (not checked on CUDA: no host sync).
+    """
+    cpu = flat.device.type == "cpu"
+    if cpu:
         keep = flat >= v
-        if int(keep.sum()) == k:  # no tie at the threshold: the common case
-            return keep.view_as(key)
+        if int(torch.count_nonzero(keep)) == k:  # no tie at the threshold: the common case
+            return keep
     above = flat > v
     ties = flat == v
     keep = above | (ties & (ties.cumsum(0) <= k - above.sum()))
-    if flat.device.type == "cpu" and int(keep.sum()) != k:
-        nans = int(torch.isnan(flat).sum())
-        raise NonFiniteError("scores", f"a top-{k} of {n} entries found only {int(keep.sum())}: {nans} of them are "
-                                       "NaN, which has no rank")
-    return keep.view_as(key)
-
-
-def _threshold_mask(flat: Tensor, v: Tensor, k: int) -> Tensor:
-    """Entries above ``v`` plus the lowest-index entries equal to ``v``, ``k`` in all (1-D bool)."""
-    above = flat > v
-    ties = flat == v
-    return above | (ties & (ties.cumsum(0) <= k - above.sum()))
+    if cpu and int(torch.count_nonzero(keep)) != k:
+        raise NonFiniteError("scores", f"a top-{k} of {flat.numel()} entries found only "
+                                       f"{int(torch.count_nonzero(keep))}: {int(torch.isnan(flat).sum())} of them "
+                                       "are NaN, which has no rank")
+    return keep
 
 
 def global_topk(keys: list[Tensor], k: int, nonnegative: bool = False) -> list[Tensor]:
@@ -212,21 +215,13 @@ class BandSelector:
                 need = k - n_above
                 if need <= band.numel():
                     v = band.kthvalue(band.numel() - need + 1).values
-                    keep = flat >= v
-                    if int(torch.count_nonzero(keep)) != k:  # ties at the threshold (or NaN: the full path raises)
-                        keep = _threshold_mask(flat, v, k)
-                    if int(torch.count_nonzero(keep)) == k:
-                        self._update(float(v), band.numel(), n)
-                        self.hits += 1
-                        return keep.view_as(key)
+                    keep = _keep_from(flat, v, k)
+                    self._update(float(v), band.numel(), n)
+                    self.hits += 1
+                    return keep.view_as(key)
         self.misses += 1
         v = kth_largest(flat, k, nonnegative)
-        keep = flat >= v
-        if int(torch.count_nonzero(keep)) != k:
-            keep = _threshold_mask(flat, v, k)
-            if int(torch.count_nonzero(keep)) != k:
-                raise NonFiniteError("scores", f"a top-{k} of {n} entries found only {int(keep.sum())}: "
-                                               f"{int(torch.isnan(flat).sum())} of them are NaN, which has no rank")
+        keep = _keep_from(flat, v, k)
         t = float(v)
         # first call or a miss: start from a band holding about 1/64 of the entries around the threshold
         spread = float(flat.std()) if self.t is None else max(self.w * 4, abs(t - self.t) * 2)

@@ -79,6 +79,11 @@ class ScorePrunerConfig(PrunerConfig):
         check_range("pruner.data_batches", self.data_batches, 0, float("inf"))
 
 
+def kept_in_total(n: int, density: float) -> int:
+    """Entries kept of ``n`` at ``density`` (clamped to (0, 1]): ``num_kept(n, 1 - density)``, at least one."""
+    return num_kept(n, min(max(1.0 - density, 0.0), 1.0 - 1e-12))
+
+
 def allocate(scores: list[Tensor], density: float, scope: str, min_per_layer: int = 0) -> list[Tensor]:
     """Masks keeping the best-scored weights: exact counts, ties broken by lowest index.
 
@@ -95,12 +100,11 @@ def allocate(scores: list[Tensor], density: float, scope: str, min_per_layer: in
         ConfigError: the guard needs more weights than the target keeps.
         NonFiniteError: a score is NaN.
     """
-    sparsity = min(max(1.0 - density, 0.0), 1.0 - 1e-12)
     if any(bool(torch.isnan(s).any()) for s in scores):
         raise NonFiniteError("scores", "pruning scores hold NaN, which has no rank")
     if scope == "layerwise":
-        return [topk_mask(s, max(num_kept(s.numel(), sparsity), min(min_per_layer, s.numel()))) for s in scores]
-    total = num_kept(sum(s.numel() for s in scores), sparsity)
+        return [topk_mask(s, max(kept_in_total(s.numel(), density), min(min_per_layer, s.numel()))) for s in scores]
+    total = kept_in_total(sum(s.numel() for s in scores), density)
     keys = [s.detach().float() for s in scores]
     if min_per_layer > 0:
         reserved = [topk_mask(s, min(min_per_layer, s.numel())) for s in scores]
@@ -247,7 +251,7 @@ class ScorePruner(Pruner):
                 shrunk = None
                 if kept is not None:
                     shrunk = shrink_global(self.score_kept(model, self.weights, ctx, kept), kept,
-                                           num_kept(total_n, min(max(1.0 - density, 0.0), 1.0 - 1e-12)))
+                                           kept_in_total(total_n, density))
                 if shrunk is None:  # the first round, or (rarely) zero scores among the kept: score everything
                     scores = self.score(model, self.weights, ctx)
                 with torch.no_grad():
