@@ -24,6 +24,7 @@ as one Markdown table (also in ``bench.json``).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Any
@@ -36,6 +37,7 @@ from omegaconf import DictConfig
 import ticketlab.masks as masks
 from ticketlab.data import build_data
 from ticketlab.init import init_weights
+from ticketlab.loop import train_step
 from ticketlab.models import build_model
 from ticketlab.optim import build_optimizer
 from ticketlab.pruners import PruneContext, build_pruner
@@ -69,13 +71,21 @@ def _sync(device: torch.device) -> None:
 
 def step_times(overrides: list[str], batch, device: torch.device, steps: int, warmup: int,
                full_sort: bool = False) -> list[float]:
-    """Seconds per optimizer step of the run ``overrides`` describe, on one fixed batch."""
+    """Seconds per optimizer step of the run ``overrides`` describe, on one fixed batch.
+
+    The step is the trainer's own (:func:`ticketlab.loop.train_step`, no loss check inside the step),
+    under ``trainer.amp`` (bf16 autocast on CUDA), ``trainer.channels_last`` and ``trainer.compile`` as
+    the trainer applies them.
+    """
     rc = resolve(compose(config_name="bench", overrides=overrides), ("bench",))
     x, y = batch
     model = build_model(rc.model, tuple(x.shape[1:]), int(y.max()) + 1)
     pruner = build_pruner(rc.pruner)
     init_weights(model, rc.init, rc.seed, pruner.densities(model))
     model.to(device)
+    if rc.trainer.channels_last and x.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     pruner.prepare(model, PruneContext(rc.seed, rc.init, device))
     if full_sort:
         for mt in masks.masked_tensors(model):
@@ -83,15 +93,15 @@ def step_times(overrides: list[str], batch, device: torch.device, steps: int, wa
                 mt.mask.select = FullSort()
     opt = build_optimizer(pruner.trainable_parameters(model), rc.optimizer)
     loss_fn = torch.nn.CrossEntropyLoss()
+    use_amp = rc.trainer.amp and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    train_model = torch.compile(model) if rc.trainer.compile else model
     model.train()
     times = []
     for i in range(warmup + steps):
         _sync(device)
         t = time.perf_counter()
-        loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(train_model, (x, y), loss_fn, opt, autocast, check_loss=False)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
@@ -111,6 +121,8 @@ def bench_step(base: list[str], steps: int, warmup: int, full_sort: bool) -> dic
     keep = [o for o in base if not o.startswith("pruner")]
     res: dict[str, Any] = {"model": rc.model.name, "dataset": rc.dataset.name, "batch_size": len(y),
                            "device": str(device), "threads": torch.get_num_threads(), "steps": steps,
+                           "amp": bool(rc.trainer.amp and device.type == "cuda"),
+                           "channels_last": bool(rc.trainer.channels_last), "compile": bool(rc.trainer.compile),
                            "batches_per_epoch": per_epoch}
     variants = {"dense": keep + ["pruner=dense"], "edge_popup": keep + ["pruner=edge_popup"] +
                 [o for o in base if o.startswith("pruner.")]}
@@ -129,8 +141,9 @@ def bench_step(base: list[str], steps: int, warmup: int, full_sort: bool) -> dic
 
 def print_step(res: dict[str, Any]) -> None:
     """The step benchmark as lines."""
+    flags = [k for k in ("amp", "channels_last", "compile") if res.get(k)]
     print(f"{res['model']} on {res['dataset']}, batch {res['batch_size']}, {res['device']} ({res['threads']} "
-          f"threads), median of {res['steps']} steps:")
+          f"threads{', ' + ', '.join(flags) if flags else ''}), median of {res['steps']} steps:")
     for name in ("dense", "edge_popup"):
         print(f"  {name:<11} {res[f'{name}_s'] * 1e3:9.2f} ms  {res[f'{name}_images_per_s']:9.0f} img/s  "
               f"100 epochs ~ {res[f'{name}_100_epochs_h']:.2f} h")
