@@ -521,11 +521,11 @@ def test_pai_bias_pruning_needs_biases(cfg_factory, tmp_path):
 
 def test_synflow_fast_rounds_give_the_masks_of_full_selection(monkeypatch):
     """Selecting among the kept entries only (pruned ones score exactly 0) changes no mask."""
-    import ticketlab.pruners.pai as pai
+    from ticketlab.pruners.synflow import Synflow
 
     fast_rounds = []
-    real = pai.shrink_global
-    monkeypatch.setattr(pai, "shrink_global", lambda *a: fast_rounds.append(real(*a)) or fast_rounds[-1])
+    real = Synflow.kept_round
+    monkeypatch.setattr(Synflow, "kept_round", lambda *a: fast_rounds.append(real(*a)) or fast_rounds[-1])
     from ticketlab.config import InitConfig, ModelConfig
     from ticketlab.data import DataBundle
     from ticketlab.init import init_weights

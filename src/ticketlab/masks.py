@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from . import kernels
 from .errors import ConfigError
 from .selection import BandSelector, num_kept
 
@@ -49,8 +50,15 @@ def score_gradient(grad: Tensor, weight: Tensor, scores: Tensor, signed: bool) -
         weight, scores: the frozen weight and its scores (same shape).
         signed: the ranking key is ``|S|``.
 
+    Returns:
+        ``dL/dS`` (shape of ``scores``); on the CPU one fused pass (:func:`ticketlab.kernels.score_grad`),
+        bit-identical to the torch ops.
+
     Source: Ramanujan et al. 2020, Eq. 2 / Sec. 3 (the top-k is treated as the identity).
     """
+    fused = kernels.score_grad(grad, weight, scores, signed)
+    if fused is not None:
+        return fused
     out = grad * weight
     return out.mul_(torch.sign(scores)) if signed else out
 
@@ -65,20 +73,21 @@ class _ScoreSTE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, scores: Tensor, mask: Tensor, signed: bool) -> Tensor:  # noqa: D102
+    def forward(ctx, weight: Tensor, scores: Tensor, mask: Tensor, signed: bool,  # noqa: D102
+                product: Tensor | None) -> Tensor:
         ctx.save_for_backward(weight, scores, mask)
         ctx.signed = signed
-        return weight * mask
+        return product if product is not None else weight * mask
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
         weight, scores, mask = ctx.saved_tensors
         grad_w = grad * mask if ctx.needs_input_grad[0] else None
         grad_s = score_gradient(grad, weight, scores, ctx.signed) if ctx.needs_input_grad[1] else None
-        return grad_w, grad_s, None, None
+        return grad_w, grad_s, None, None, None
 
 
-def straight_through(weight: Tensor, scores: Tensor, mask: Tensor, signed: bool) -> Tensor:
+def straight_through(weight: Tensor, scores: Tensor, mask: Tensor, signed: bool, product: Tensor | None = None) -> Tensor:
     """``W * m`` whose gradient reaches the scores straight through the top-k (edge-popup).
 
     Args:
@@ -86,12 +95,13 @@ def straight_through(weight: Tensor, scores: Tensor, mask: Tensor, signed: bool)
         scores: its scores (shape of ``weight``).
         mask: the 0/1 mask in force, ``TopK(key(S))`` (shape and dtype of ``weight``).
         signed: the key is ``|S|`` (the score gradient is multiplied by ``sign(S)``).
+        product: ``weight * mask`` when already computed (the fused selection kernel), else ``None``.
 
     Returns:
         ``weight * mask``; backward gives ``dL/dS = dL/dW_eff * W`` (:func:`score_gradient`) and, when the
         weight requires grad, ``dL/dW = dL/dW_eff * m``.
     """
-    return _ScoreSTE.apply(weight, scores, mask, signed)
+    return _ScoreSTE.apply(weight, scores, mask, signed, product)
 
 
 class MaskBase(nn.Module):
@@ -184,18 +194,29 @@ class ScoreMask(MaskBase):
 
     def current_mask(self) -> Tensor:
         """Recompute the mask if the scores changed since the last call, and return it."""
+        self._refresh()
+        return self.mask
+
+    def _refresh(self, weight: Tensor | None = None) -> Tensor | None:
+        """Recompute the mask if the scores changed; returns ``weight * mask`` when the fused kernel computed it."""
         if self.group is not None:
             self.group.refresh()
-        elif self._seen != self._stamp():
-            with torch.no_grad():
+            return None
+        if self._seen == self._stamp():
+            return None
+        product = None
+        with torch.no_grad():
+            if isinstance(self.select, BandSelector):
+                product = self.select.fill(self.scores, self.k, self.rank == "abs", self.mask, weight)
+            else:
                 self.mask.copy_(self.select(self.key(), self.k, self.rank == "abs"))
-            self._seen = self._stamp()
-        return self.mask
+        self._seen = self._stamp()
+        return product
 
     def forward(self, weight: Tensor) -> Tensor:
         """Masked weight ``W * m`` (shape of ``weight``) with the straight-through gradient."""
-        mask = self.current_mask()
-        return straight_through(weight, self.scores, mask.to(weight.dtype), self.rank == "abs")
+        product = self._refresh(weight)
+        return straight_through(weight, self.scores, self.mask.to(weight.dtype), self.rank == "abs", product)
 
 
 class JointTopK:
@@ -234,8 +255,14 @@ class JointTopK:
         if stamps == self._seen:
             return
         with torch.no_grad():
-            keys = torch.cat([m.key().reshape(-1) for m in self.members])
-            keep = self.select(keys, self.k, all(m.rank == "abs" for m in self.members))
+            ranks = {m.rank for m in self.members}
+            if len(ranks) == 1:  # one rule for all: select on the raw scores, straight into one buffer
+                scores = torch.cat([m.scores.detach().reshape(-1) for m in self.members])
+                keep = torch.empty_like(scores)
+                self.select.fill(scores, self.k, ranks == {"abs"}, keep)
+            else:
+                keys = torch.cat([m.key().reshape(-1) for m in self.members])
+                keep = self.select(keys, self.k, ranks == {"abs"})
             for m, part in zip(self.members, keep.split([m.scores.numel() for m in self.members]), strict=True):
                 m.mask.copy_(part.view_as(m.mask))
         self._seen = stamps

@@ -44,7 +44,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from . import cluster, distributed, rundir, stages
+from . import cluster, distributed, kernels, rundir, stages
 from . import identity as identity_mod
 from . import sweep as _sweep  # noqa: F401  (registers ${tl.sweep_name:} for every Hydra app)
 from .callbacks import LogLine, MetricsFile, TrackerLog
@@ -375,6 +375,8 @@ def setup(cfg: DictConfig, run_dir: str | Path | None = None, *, initialize: boo
     device = select_device(rc.trainer.device)
     dist = dist if dist is not None else distributed.init(rc.trainer.strategy, device.type)
     device = distributed.device_for(dist, device)
+    if device.type == "cpu":
+        kernels.native()  # build (first time only) or load the fused CPU kernels now, not inside the first step
     stop = stop if stop is not None else StopRequest()
 
     data = build_data(rc.dataset, device, rc.seed)

@@ -229,6 +229,22 @@ class ScorePruner(Pruner):
         from :meth:`score`. Methods with ``zero_outside_mask`` may compute them directly (cheaper)."""
         return [s.reshape(-1)[i] for s, i in zip(self.score(model, weights, ctx), kept, strict=True)]
 
+    def kept_round(self, model: nn.Module, ctx: PruneContext, kept: list[Tensor], total: int) -> list[Tensor] | None:
+        """One global round among the kept entries (``zero_outside_mask`` methods): keeps the ``total`` best,
+        zeroes the masks at the others, and returns the new kept indices (ascending, per tensor); ``None``
+        when the answer would involve zero scores (then every entry is scored and :func:`allocate` decides).
+
+        Raises:
+            NonFiniteError: NaN scores.
+        """
+        shrunk = shrink_global(self.score_kept(model, self.weights, ctx, kept), kept, total)
+        if shrunk is None:
+            return None
+        with torch.no_grad():
+            for fm, (_, dropped) in zip(self.masks, shrunk, strict=True):
+                fm.mask.view(-1)[dropped] = 0.0
+        return [k_idx for k_idx, _ in shrunk]
+
     def begin_scoring(self, model: nn.Module, ctx: PruneContext) -> None:
         """Before the first round (e.g. SynFlow's absolute-valued network); default nothing."""
 
@@ -249,16 +265,13 @@ class ScorePruner(Pruner):
                 density = target ** (k / n) if self.cfg.schedule == "exponential" else 1 - (1 - target) * k / n
                 self._set_bn_mode(model)
                 shrunk = None
-                if kept is not None:
-                    shrunk = shrink_global(self.score_kept(model, self.weights, ctx, kept), kept,
-                                           kept_in_total(total_n, density))
+                if kept is not None:  # only entries kept so far can stay: select among them
+                    shrunk = self.kept_round(model, ctx, kept, kept_in_total(total_n, density))
                 if shrunk is None:  # the first round, or (rarely) zero scores among the kept: score everything
                     scores = self.score(model, self.weights, ctx)
                 with torch.no_grad():
-                    if shrunk is not None:  # only entries kept so far can stay: zero the dropped ones in place
-                        for fm, (_, dropped) in zip(self.masks, shrunk, strict=True):
-                            fm.mask.view(-1)[dropped] = 0.0
-                        kept = [k_idx for k_idx, _ in shrunk]
+                    if shrunk is not None:
+                        kept = shrunk
                     else:
                         new = allocate(scores, density, self.cfg.scope, self.cfg.min_weights_per_layer)
                         for fm, m in zip(self.masks, new, strict=True):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .. import kernels
+from ..errors import NonFiniteError
 from .base import PruneContext, register_pruner
 from .pai import ScorePruner, ScorePrunerConfig
 
@@ -74,10 +76,34 @@ class Synflow(ScorePruner):
             w.grad = None
         model(torch.ones((1, *ctx.data.input_shape), dtype=dtype, device=ctx.device)).sum().backward()
 
+    def kept_round(self, model: nn.Module, ctx: PruneContext, kept: list[Tensor], total: int) -> list[Tensor] | None:
+        """One round among the kept entries; on the CPU the fused kernel (:func:`ticketlab.kernels.shrink_kept`)
+        scores, selects and zeroes the dropped entries in one call, with the same result as the torch path.
+
+        Raises:
+            NonFiniteError: NaN scores.
+        """
+        self._backward(model, self.weights, ctx)
+        with torch.no_grad():
+            r = kernels.shrink_kept([w.detach() for w in self.weights], [w.grad for w in self.weights], kept,
+                                    [fm.mask.view(-1) for fm in self.masks], total)
+        if r is not None and r[0] == 0:
+            return r[1]
+        if r is not None and r[0] == 1:
+            return None
+        if r is not None and r[0] == 2:
+            raise NonFiniteError("scores", "SynFlow scores hold NaN, which has no rank (try pruner.double=true)")
+        self._kept_scores_from_grad = True
+        try:
+            return super().kept_round(model, ctx, kept, total)
+        finally:
+            self._kept_scores_from_grad = False
+
     def score_kept(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext,
                    kept: list[Tensor]) -> list[Tensor]:
         """``|W * dR/dW|`` at the kept entries only (1-D per tensor, in the order of ``kept``)."""
-        self._backward(model, weights, ctx)
+        if not getattr(self, "_kept_scores_from_grad", False):  # else kept_round has just run the backward
+            self._backward(model, weights, ctx)
         return [(w.grad.reshape(-1)[i] * w.detach().reshape(-1)[i]).abs_().to(self._dtype)
                 for w, i in zip(weights, kept, strict=True)]
 

@@ -1,0 +1,176 @@
+"""Fused CPU kernels of the strong-ticket hot path, with the torch formulation as fallback.
+
+Edge-popup's step on the CPU spends its mask overhead in many elementwise passes over the scores
+(key ``|S|``, comparisons, counts, the band gather, the mask copy, ``grad * W * sign(S)``). On small
+networks (LeNet-300-100) those passes cost more than the dense step itself. C++ kernels
+(``csrc/mask_kernels.cpp``) do the same work in fewer passes:
+
+* :func:`band_select` -- the exact top-k inside a band around last step's threshold, written straight
+  into the float mask, and in the same pass the masked weight of the forward (used by
+  :class:`ticketlab.selection.BandSelector`); :func:`full_select` for small tensors;
+* :func:`shrink_kept` -- one round of SynFlow's global top-k among the weights kept so far, scored,
+  selected and applied to the masks in one call;
+* :func:`score_grad` -- the straight-through score gradient ``dL/dS = g * W (* sign(S))``
+  (used by :func:`ticketlab.masks.straight_through`).
+
+Both give bit-identical results to the torch ops they replace (the tests compare them). They are
+compiled on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler and ``ninja`` are
+needed; about 20 s once, then cached under ``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``). Where that fails, a warning is logged once and the torch ops run
+instead: slower on small networks, same masks. ``TICKETLAB_KERNELS=torch`` turns the kernels off.
+CUDA tensors always take the torch path (one kernel each already, no host synchronisation).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "mask_kernels.cpp"
+_ext: Any = None
+_tried = False
+
+
+def native() -> Any:
+    """The compiled extension module, or ``None`` (turned off by ``TICKETLAB_KERNELS=torch``, or the build
+    failed: then a warning names the reason once).
+
+    Raises:
+        ConfigError: ``TICKETLAB_KERNELS`` is neither ``native`` nor ``torch``.
+    """
+    global _ext, _tried
+    if _tried:
+        return _ext
+    _tried = True
+    choice = os.environ.get("TICKETLAB_KERNELS", "native").strip().lower()
+    if choice not in ("native", "torch"):
+        raise ConfigError(f"TICKETLAB_KERNELS={choice!r} is not allowed; choose native (the default) or torch.")
+    if choice == "torch":
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        _ext = load(name="ticketlab_mask_kernels", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+                    extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as e:  # noqa: BLE001 -- any build problem means: use the torch ops
+        log.warning("fused CPU mask kernels unavailable (%s: %s); using torch ops (same masks, slower on "
+                    "small networks). Set TICKETLAB_KERNELS=torch to skip the build.", type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "")
+        _ext = None
+    return _ext
+
+
+_NONE = torch.empty(0)
+
+
+def usable(*tensors: Tensor) -> bool:
+    """Whether the kernels are built and can take these tensors (contiguous float32 CPU tensors)."""
+    return native() is not None and all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+
+
+def band_select(scores: Tensor, absval: bool, lo: float, hi: float, k: int, out: Tensor,
+                weight: Tensor | None = None, product: Tensor | None = None) -> tuple[int, int, int, float] | None:
+    """Exact top-``k`` of ``key = |scores|`` (``absval``) or ``scores``, if the k-th largest key lies in ``[lo, hi]``.
+
+    One pass writes ``out[i] = 1`` for ``key > hi`` and 0 elsewhere and gathers the band entries; the
+    ``(k - #above)``-th largest band entry is the threshold ``v``; band entries above ``v`` are kept, then
+    entries equal to ``v`` lowest flat index first: exactly ``k`` kept, the same mask as
+    :func:`ticketlab.selection.topk_mask`. With ``weight`` and ``product``, the same pass writes
+    ``product = weight * out`` (the masked weight of the forward pass).
+
+    Args:
+        scores: ``n`` entries (any shape).
+        absval: rank by ``|scores|`` (else by ``scores``).
+        lo, hi: the band, ``lo <= hi``.
+        k: entries to keep.
+        out: ``n`` entries; on success holds the 0/1 mask.
+        weight, product: optional, ``n`` entries each.
+
+    Returns:
+        ``None`` when the kernels are not built; else ``(status, n_above, n_band, v)``: status 0 = ``out``
+        (and ``product``) hold the result, 1 = the band missed the k-th largest (``out`` is partial;
+        select over everything), 2 = NaN keys, 3 = a tensor is not a contiguous float32 CPU tensor of
+        ``n`` entries, or ``k`` is outside ``[1, n)`` (nothing written).
+    """
+    ext = _ext if _tried else native()
+    if ext is None:
+        return None
+    fused = weight is not None and product is not None
+    status, above, band, v = ext.band_select(scores, absval, lo, hi, k, out, weight if fused else _NONE,
+                                             product if fused else _NONE)
+    return int(status), int(above), int(band), v
+
+
+def full_select(scores: Tensor, absval: bool, k: int, out: Tensor) -> tuple[int, float] | None:
+    """Exact top-``k`` of the key (see :func:`band_select`) by ``nth_element`` over a copy of the keys, written
+    into ``out`` (float 0/1): for small tensors, where it costs a few microseconds.
+
+    Args:
+        scores, out: ``n`` entries each.
+        k: ``1 <= k <= n``.
+
+    Returns:
+        ``None`` when the kernels are not built; else ``(status, v)``: status 0 = done (``v`` the k-th
+        largest key), 2 = NaN keys, 3 = unfit tensors or ``k`` (nothing written in either case).
+    """
+    ext = _ext if _tried else native()
+    if ext is None:
+        return None
+    status, v = ext.full_select(scores, absval, k, out)
+    return int(status), v
+
+
+def shrink_kept(weights: list[Tensor], grads: list[Tensor], kept: list[Tensor], masks: list[Tensor],
+                total: int) -> tuple[int, list[Tensor]] | None:
+    """One global top-``total`` round among the kept entries of several tensors, scored ``|w * g|`` (SynFlow).
+
+    The same result as :func:`ticketlab.pruners.pai.shrink_global` on the scores ``|g[i] * w[i]|`` (rounded to
+    float32) of the kept entries: ties at the threshold are kept lowest position first (tensor order, then
+    index). The kernel zeroes ``masks[t]`` at the dropped entries itself and moves the kept indices to the
+    front of ``kept[t]``.
+
+    Args:
+        weights, grads: per tensor, float32 or float64, contiguous, ``n_t`` entries each (any shape).
+        kept: per tensor, the ascending flat indices kept so far (int64, 1-D, contiguous; reordered in place).
+        masks: per tensor, the float32 mask (``n_t`` entries, contiguous), written in place.
+        total: entries to keep in all.
+
+    Returns:
+        ``None`` when the kernels are not built; else ``(status, kept)``: status 0 = done, ``kept`` the new
+        index tensors (prefixes of the given ones); 1 = the threshold would be 0 or ``total`` exceeds the kept
+        count (score every entry instead); 2 = NaN scores; 3 = unfit tensors (for 1 to 3 nothing is written).
+    """
+    ext = _ext if _tried else native()
+    if ext is None:
+        return None
+    r = ext.shrink_kept(weights, grads, kept, masks, int(total))
+    if r[0] != 0:
+        return int(r[0]), []
+    return 0, [i[:n] for i, n in zip(kept, r[1:], strict=True)]
+
+
+def score_grad(grad: Tensor, weight: Tensor, scores: Tensor, signed: bool) -> Tensor | None:
+    """``grad * weight * sign(scores)`` (``signed``) or ``grad * weight`` in one pass (shape of ``scores``), or
+    ``None`` when the kernels are not built or a tensor is not a contiguous CPU float32 tensor of the
+    scores' size.
+
+    Source: Ramanujan et al. 2020, Sec. 3 (straight-through estimator of the top-k).
+    """
+    ext = _ext if _tried else native()
+    if ext is None:
+        return None
+    out = ext.score_grad(grad, weight, scores, signed)
+    return None if out is None else out.view_as(scores)
+
+
+__all__ = ["band_select", "full_select", "native", "score_grad", "shrink_kept", "usable"]

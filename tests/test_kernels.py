@@ -1,0 +1,234 @@
+"""ticketlab.kernels: the fused CPU kernels give bit-identical results to the torch formulation they replace
+(selection, masked weight, straight-through score gradient, SynFlow's rounds), and TicketLab falls back to
+the torch ops when they cannot be built or are turned off."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from ticketlab import kernels
+from ticketlab.errors import ConfigError, NonFiniteError
+from ticketlab.loop import train_step
+from ticketlab.masks import masked_tensors, score_gradient
+from ticketlab.pruners.pai import shrink_global
+from ticketlab.run import setup
+from ticketlab.selection import BandSelector, num_kept, topk_mask
+
+from .conftest import IN_CI
+from .test_selection import keys, sort_mask
+
+
+@pytest.fixture
+def ext():
+    """The built kernels (mandatory in CI, where a compiler and ninja are installed)."""
+    e = kernels.native()
+    if e is None:
+        if IN_CI:
+            pytest.fail("the fused CPU kernels did not build in CI (see the warning above)")
+        pytest.skip("the fused CPU kernels are not built here")
+    return e
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "clamped"])
+@pytest.mark.parametrize("absval", [True, False])
+def test_band_select_is_the_exact_top_k_and_writes_the_masked_weight(ext, kind, absval):
+    gen = torch.Generator().manual_seed(3)
+    s = keys(kind, 40_000, gen)
+    w = torch.randn(s.shape, generator=gen)
+    key = s.abs() if absval else s
+    for k in (1, 7_000, 20_000, 39_999):
+        v = float(key.kthvalue(key.numel() - k + 1).values)
+        for lo, hi in ((v - 0.05, v + 0.05), (v, v), (v - 1.0, v + 1e-6)):
+            mask, product = torch.full_like(s, 7.0), torch.full_like(s, 7.0)  # poisoned: every entry must be written
+            status, _, _, got_v = kernels.band_select(s, absval, lo, hi, k, mask, w, product)
+            assert status == 0 and got_v == v
+            assert torch.equal(mask, sort_mask(key, k).float()), (k, lo, hi)
+            assert torch.equal(product, w * mask)
+
+
+def test_band_select_reports_a_miss_nan_and_unfit_tensors(ext):
+    s = torch.randn(10_000)
+    out = torch.empty_like(s)
+    v = float(s.abs().kthvalue(5_001).values)
+    assert kernels.band_select(s, True, v + 0.1, v + 0.2, 5_000, out)[0] == 1  # the k-th largest is below the band
+    assert kernels.band_select(s, True, v - 0.2, v - 0.1, 5_000, out)[0] == 1  # above it
+    bad = s.clone()
+    bad[::13] = float("nan")
+    assert kernels.band_select(bad, True, v - 0.1, v + 0.1, 5_000, out)[0] == 2
+    assert kernels.band_select(s.double(), True, v - 0.1, v + 0.1, 5_000, out)[0] == 3
+    assert kernels.band_select(s[::2], True, v - 0.1, v + 0.1, 2_000, out[:5_000])[0] == 3  # not contiguous
+    assert kernels.band_select(s, True, v - 0.1, v + 0.1, 10_000, out)[0] == 3  # k must be below n
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "clamped"])
+def test_full_select_is_the_exact_top_k(ext, kind):
+    gen = torch.Generator().manual_seed(4)
+    s = keys(kind, 3_000, gen)
+    for absval in (True, False):
+        key = s.abs() if absval else s
+        for k in (1, 999, 1_500, 3_000):
+            out = torch.full_like(s, 7.0)
+            status, _ = kernels.full_select(s, absval, k, out)
+            assert status == 0 and torch.equal(out, sort_mask(key, k).float())
+    s[5] = float("nan")
+    assert kernels.full_select(s, True, 10, torch.empty_like(s))[0] == 2
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_score_grad_equals_the_torch_formula(ext, signed):
+    gen = torch.Generator().manual_seed(5)
+    g, w, s = (torch.randn(300, 784, generator=gen) for _ in range(3))
+    s[::9] = 0.0  # sign(0) = 0
+    ref = g * w * torch.sign(s) if signed else g * w
+    assert torch.equal(kernels.score_grad(g, w, s, signed), ref)
+    assert kernels.score_grad(g.t(), w.t(), s.t(), signed) is None  # not contiguous: the torch ops take it
+    assert torch.equal(score_gradient(g.t(), w.t(), s.t(), signed), ref.t())
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "clamped"])
+def test_band_selector_fill_follows_training_like_updates_exactly(ext, kind):
+    """``fill`` (the kernel path) over drifting, jumping and re-sized selections: always a plain sort's mask."""
+    gen = torch.Generator().manual_seed(6)
+    s = keys(kind, 50_000, gen)
+    w = torch.randn(s.shape, generator=gen)
+    select = BandSelector()
+    k = num_kept(s.numel(), 0.5)
+    mask = torch.empty_like(s)
+    for step in range(60):
+        if step == 30:
+            s = s * 10 + 3
+        if step == 45:
+            k = num_kept(s.numel(), 0.9)
+            select.reset()
+        s = s + 1e-3 * torch.randn(s.shape, generator=gen)
+        if kind == "clamped":
+            s = s.clamp(min=0)
+        product = select.fill(s, k, True, mask, w)
+        assert torch.equal(mask, sort_mask(s.abs(), k).float()), step
+        assert product is None or torch.equal(product, w * mask)
+    assert select.hits > 40 and select.misses >= 2
+
+
+def test_band_selector_fill_refuses_nan(ext):
+    select, mask = BandSelector(), torch.empty(10_000)
+    s = torch.randn(10_000)
+    select.fill(s, 5_000, True, mask)
+    s[::7] = float("nan")
+    with pytest.raises(NonFiniteError, match="NaN"):
+        select.fill(s, 5_000, True, mask)
+
+
+def _shrink_case(seed: int, tied: bool):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(64, 3, 3, 3), (10, 640), (10,)]
+    ws = [torch.randn(sh, generator=gen).abs() for sh in shapes]
+    gs = [torch.randn(sh, generator=gen) for sh in shapes]
+    if tied:
+        gs = [torch.round(g * 2) / 2 + 0.5 for g in gs]
+        ws = [torch.ones_like(w) for w in ws]
+    kept = [torch.randperm(w.numel(), generator=gen)[: w.numel() // 2].sort().values for w in ws]
+    return ws, gs, kept
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_shrink_kept_equals_shrink_global(ext, tied):
+    ws, gs, kept = _shrink_case(7, tied)
+    n_kept = sum(len(i) for i in kept)
+    for total in (1, n_kept // 3, n_kept // 2, n_kept):
+        masks = [torch.zeros(w.numel()) for w in ws]
+        for m, i in zip(masks, kept, strict=True):
+            m[i] = 1.0
+        ref = shrink_global([(g.reshape(-1)[i] * w.reshape(-1)[i]).abs() for w, g, i in zip(ws, gs, kept, strict=True)],
+                            kept, total)
+        status, new = kernels.shrink_kept(ws, gs, [i.clone() for i in kept], masks, total)
+        if ref is None:  # the torch path declines (zero scores at the threshold): so must the kernel
+            assert status == 1
+            continue
+        assert status == 0
+        for (ref_kept, _), got, m in zip(ref, new, masks, strict=True):
+            assert torch.equal(got, ref_kept)
+            expect = torch.zeros_like(m)
+            expect[ref_kept] = 1.0
+            assert torch.equal(m, expect)
+
+
+def test_shrink_kept_declines_zero_thresholds_and_nan(ext):
+    ws, gs, kept = _shrink_case(8, False)
+    gs[0].reshape(-1)[kept[0]] = 0.0  # a third of the kept entries score 0
+    masks = [torch.ones(w.numel()) for w in ws]
+    n_kept = sum(len(i) for i in kept)
+    assert kernels.shrink_kept(ws, gs, kept, masks, n_kept - 1)[0] == 1
+    assert kernels.shrink_kept(ws, gs, kept, masks, n_kept + 1)[0] == 1
+    gs[1].reshape(-1)[kept[1][0]] = float("nan")
+    assert kernels.shrink_kept(ws, gs, kept, masks, 10)[0] == 2
+    assert all(torch.equal(m, torch.ones_like(m)) for m in masks)  # nothing written when declining
+
+
+def _train_edge_popup(cfg_factory, tmp_path, *extra):
+    job = setup(cfg_factory("model=mlp", "model.widths=[96,64]", "dataset=digits", *extra), run_dir=tmp_path)
+    model = job.trainer.model
+    opt = torch.optim.SGD(job.pruner.trainable_parameters(model), lr=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(25):
+        x = torch.randn(32, *job.trainer.data.input_shape, generator=gen)
+        y = torch.randint(0, 10, (32,), generator=gen)
+        train_step(model, (x, y), torch.nn.CrossEntropyLoss(), opt, contextlib.nullcontext)
+    return {mt.name: (mt.mask.current_mask().clone(), mt.mask.scores.detach().clone()) for mt in masked_tensors(model)}
+
+
+@pytest.mark.parametrize("pruner", [[], ["pruner=iterand", "pruner.period=1000"], ["pruner.scope=global"]])
+def test_edge_popup_training_is_the_same_with_and_without_kernels(ext, cfg_factory, tmp_path, monkeypatch, pruner):
+    native = _train_edge_popup(cfg_factory, tmp_path / "a", *pruner)
+    monkeypatch.setattr(kernels, "_ext", None)
+    monkeypatch.setattr(kernels, "_tried", True)
+    plain = _train_edge_popup(cfg_factory, tmp_path / "b", *pruner)
+    assert native.keys() == plain.keys()
+    for name, (mask, scores) in native.items():
+        assert torch.equal(mask, plain[name][0]) and torch.equal(scores, plain[name][1]), name
+
+
+def test_synflow_masks_are_the_same_with_and_without_kernels(ext, cfg_factory, tmp_path, monkeypatch):
+    over = ["model=conv2", "model.width_mult=0.25", "pruner=synflow", "pruner.sparsity=0.98", "pruner.iterations=20",
+            "init=kaiming_normal"]
+    a = setup(cfg_factory(*over), run_dir=tmp_path / "a")
+    monkeypatch.setattr(kernels, "_ext", None)
+    monkeypatch.setattr(kernels, "_tried", True)
+    b = setup(cfg_factory(*over), run_dir=tmp_path / "b")
+    ma = {mt.name: mt.mask.mask for mt in masked_tensors(a.trainer.model)}
+    mb = {mt.name: mt.mask.mask for mt in masked_tensors(b.trainer.model)}
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+    kept = sum(int(m.sum()) for m in ma.values())
+    assert kept == num_kept(sum(m.numel() for m in ma.values()), 0.98)
+
+
+def test_a_failed_build_falls_back_to_torch_with_a_warning(monkeypatch, caplog):
+    import torch.utils.cpp_extension as cpp
+
+    def broken(*a, **k):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpp, "load", broken)
+    monkeypatch.setattr(kernels, "_ext", None)
+    monkeypatch.setattr(kernels, "_tried", False)
+    with caplog.at_level("WARNING"):
+        assert kernels.native() is None
+    assert "Ninja is required" in caplog.text and "TICKETLAB_KERNELS=torch" in caplog.text
+    s, mask = torch.randn(20_000), torch.empty(20_000)
+    select = BandSelector()
+    for _ in range(3):  # first call and band calls, all on the torch ops
+        s = s + 1e-3
+        select.fill(s, 10_000, True, mask)
+        assert torch.equal(mask, topk_mask(s.abs(), 10_000).float())
+
+
+def test_kernels_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("TICKETLAB_KERNELS", "fast")
+    monkeypatch.setattr(kernels, "_tried", False)
+    with pytest.raises(ConfigError, match="TICKETLAB_KERNELS='fast'.*native.*torch"):
+        kernels.native()
+    monkeypatch.setenv("TICKETLAB_KERNELS", "torch")
+    monkeypatch.setattr(kernels, "_tried", False)
+    assert kernels.native() is None
