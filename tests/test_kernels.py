@@ -168,7 +168,8 @@ def test_shrink_kept_declines_zero_thresholds_and_nan(ext):
 
 
 def _train_edge_popup(cfg_factory, tmp_path, *extra):
-    job = setup(cfg_factory("model=mlp", "model.widths=[96,64]", "dataset=digits", *extra), run_dir=tmp_path)
+    job = setup(cfg_factory("model=mlp", "model.widths=[96,64]", "dataset=digits", "trainer.device=cpu", *extra),
+                run_dir=tmp_path)
     model = job.trainer.model
     opt = torch.optim.SGD(job.pruner.trainable_parameters(model), lr=0.1, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
@@ -192,7 +193,7 @@ def test_edge_popup_training_is_the_same_with_and_without_kernels(ext, cfg_facto
 
 def test_synflow_masks_are_the_same_with_and_without_kernels(ext, cfg_factory, tmp_path, monkeypatch):
     over = ["model=conv2", "model.width_mult=0.25", "pruner=synflow", "pruner.sparsity=0.98", "pruner.iterations=20",
-            "init=kaiming_normal"]
+            "init=kaiming_normal", "trainer.device=cpu"]
     a = setup(cfg_factory(*over), run_dir=tmp_path / "a")
     monkeypatch.setattr(kernels, "_ext", None)
     monkeypatch.setattr(kernels, "_tried", True)
