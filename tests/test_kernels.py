@@ -18,7 +18,7 @@ from ticketlab.run import setup
 from ticketlab.selection import BandSelector, num_kept, topk_mask
 
 from .conftest import IN_CI
-from .test_selection import keys, sort_mask
+from .test_selection import drifting, keys, sort_mask
 
 
 @pytest.fixture
@@ -92,20 +92,10 @@ def test_score_grad_equals_the_torch_formula(ext, signed):
 def test_band_selector_fill_follows_training_like_updates_exactly(ext, kind):
     """``fill`` (the kernel path) over drifting, jumping and re-sized selections: always a plain sort's mask."""
     gen = torch.Generator().manual_seed(6)
-    s = keys(kind, 50_000, gen)
-    w = torch.randn(s.shape, generator=gen)
+    w = torch.randn(50_000, generator=gen)
     select = BandSelector()
-    k = num_kept(s.numel(), 0.5)
-    mask = torch.empty_like(s)
-    for step in range(60):
-        if step == 30:
-            s = s * 10 + 3
-        if step == 45:
-            k = num_kept(s.numel(), 0.9)
-            select.reset()
-        s = s + 1e-3 * torch.randn(s.shape, generator=gen)
-        if kind == "clamped":
-            s = s.clamp(min=0)
+    mask = torch.empty_like(w)
+    for step, s, k in drifting(kind, gen, select):
         product = select.fill(s, k, True, mask, w)
         assert torch.equal(mask, sort_mask(s.abs(), k).float()), step
         assert product is None or torch.equal(product, w * mask)

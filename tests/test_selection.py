@@ -43,14 +43,10 @@ def test_topk_mask_equals_a_plain_sort(device, kind, n):
         assert torch.equal(got, sort_mask(key, k)), (kind, n, k)
 
 
-@pytest.mark.devices
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kind", ["random", "tied", "clamped"])
-def test_band_selector_follows_training_like_updates_exactly(device, kind):
-    """Scores that drift a little each step (the band hits), sometimes jump (it misses), change k."""
-    gen = torch.Generator().manual_seed(1)
+def drifting(kind: str, gen: torch.Generator, select: BandSelector):
+    """Training-like scores for a selector: small drifts each step (the band hits), a jump at step 30 (it
+    misses), a new kept count at step 45 (``select`` is reset). Yields ``(step, scores, k)`` for 60 steps."""
     s = keys(kind, 50_000, gen)
-    select = BandSelector()
     k = num_kept(s.numel(), 0.5)
     for step in range(60):
         if step == 30:
@@ -61,6 +57,16 @@ def test_band_selector_follows_training_like_updates_exactly(device, kind):
         s = s + 1e-3 * torch.randn(s.shape, generator=gen)
         if kind == "clamped":
             s = s.clamp(min=0)
+        yield step, s, k
+
+
+@pytest.mark.devices
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["random", "tied", "clamped"])
+def test_band_selector_follows_training_like_updates_exactly(device, kind):
+    """Scores that drift a little each step (the band hits), sometimes jump (it misses), change k."""
+    select = BandSelector()
+    for step, s, k in drifting(kind, torch.Generator().manual_seed(1), select):
         key = s.abs()
         assert torch.equal(select(key.to(device), k, nonnegative=True).cpu(), sort_mask(key, k)), step
     if device == "cpu":

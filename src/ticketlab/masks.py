@@ -87,7 +87,8 @@ class _ScoreSTE(torch.autograd.Function):
         return grad_w, grad_s, None, None, None
 
 
-def straight_through(weight: Tensor, scores: Tensor, mask: Tensor, signed: bool, product: Tensor | None = None) -> Tensor:
+def straight_through(weight: Tensor, scores: Tensor, mask: Tensor, signed: bool,
+                     product: Tensor | None = None) -> Tensor:
     """``W * m`` whose gradient reaches the scores straight through the top-k (edge-popup).
 
     Args:

@@ -285,7 +285,6 @@ class BandSelector:
 
     def _full(self, flat: Tensor, k: int, nonnegative: bool) -> Tensor:
         """Full selection (first call, or the band missed); re-centres the band on the new threshold."""
-        n = flat.numel()
         self.misses += 1
         v = kth_largest(flat, k, nonnegative)
         keep = _keep_from(flat, v, k)
