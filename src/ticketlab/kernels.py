@@ -72,12 +72,6 @@ def native() -> Any:
 _NONE = torch.empty(0)
 
 
-def usable(*tensors: Tensor) -> bool:
-    """Whether the kernels are built and can take these tensors (contiguous float32 CPU tensors)."""
-    return native() is not None and all(
-        t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
-
-
 def band_select(scores: Tensor, absval: bool, lo: float, hi: float, k: int, out: Tensor,
                 weight: Tensor | None = None, product: Tensor | None = None) -> tuple[int, int, int, float] | None:
     """Exact top-``k`` of ``key = |scores|`` (``absval``) or ``scores``, if the k-th largest key lies in ``[lo, hi]``.
@@ -101,8 +95,10 @@ def band_select(scores: Tensor, absval: bool, lo: float, hi: float, k: int, out:
         (and ``product``) hold the result, 1 = the band missed the k-th largest (``out`` is partial;
         select over everything), 2 = NaN keys, 3 = a tensor is not a contiguous float32 CPU tensor of
         ``n`` entries, or ``k`` is outside ``[1, n)`` (nothing written).
+
+    Source: the top-k of edge-popup (Ramanujan et al. 2020, Algorithm 1), exact with lowest-index ties.
     """
-    ext = _ext if _tried else native()
+    ext = native()
     if ext is None:
         return None
     fused = weight is not None and product is not None
@@ -122,8 +118,10 @@ def full_select(scores: Tensor, absval: bool, k: int, out: Tensor) -> tuple[int,
     Returns:
         ``None`` when the kernels are not built; else ``(status, v)``: status 0 = done (``v`` the k-th
         largest key), 2 = NaN keys, 3 = unfit tensors or ``k`` (nothing written in either case).
+
+    Source: as :func:`band_select`.
     """
-    ext = _ext if _tried else native()
+    ext = native()
     if ext is None:
         return None
     status, v = ext.full_select(scores, absval, k, out)
@@ -149,8 +147,10 @@ def shrink_kept(weights: list[Tensor], grads: list[Tensor], kept: list[Tensor], 
         ``None`` when the kernels are not built; else ``(status, kept)``: status 0 = done, ``kept`` the new
         index tensors (prefixes of the given ones); 1 = the threshold would be 0 or ``total`` exceeds the kept
         count (score every entry instead); 2 = NaN scores; 3 = unfit tensors (for 1 to 3 nothing is written).
+
+    Source: SynFlow's score and global pruning round (Tanaka et al. 2020, Algorithm 1).
     """
-    ext = _ext if _tried else native()
+    ext = native()
     if ext is None:
         return None
     r = ext.shrink_kept(weights, grads, kept, masks, int(total))
@@ -166,11 +166,11 @@ def score_grad(grad: Tensor, weight: Tensor, scores: Tensor, signed: bool) -> Te
 
     Source: Ramanujan et al. 2020, Sec. 3 (straight-through estimator of the top-k).
     """
-    ext = _ext if _tried else native()
+    ext = native()
     if ext is None:
         return None
     out = ext.score_grad(grad, weight, scores, signed)
     return None if out is None else out.view_as(scores)
 
 
-__all__ = ["band_select", "full_select", "native", "score_grad", "shrink_kept", "usable"]
+__all__ = ["band_select", "full_select", "native", "score_grad", "shrink_kept"]

@@ -237,7 +237,11 @@ class ScorePruner(Pruner):
         Raises:
             NonFiniteError: NaN scores.
         """
-        shrunk = shrink_global(self.score_kept(model, self.weights, ctx, kept), kept, total)
+        return self._apply_kept(self.score_kept(model, self.weights, ctx, kept), kept, total)
+
+    def _apply_kept(self, kept_scores: list[Tensor], kept: list[Tensor], total: int) -> list[Tensor] | None:
+        """:func:`shrink_global` on the kept entries' scores, applied to the masks (see :meth:`kept_round`)."""
+        shrunk = shrink_global(kept_scores, kept, total)
         if shrunk is None:
             return None
         with torch.no_grad():

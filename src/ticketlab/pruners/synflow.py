@@ -93,17 +93,16 @@ class Synflow(ScorePruner):
             return None
         if r is not None and r[0] == 2:
             raise NonFiniteError("scores", "SynFlow scores hold NaN, which has no rank (try pruner.double=true)")
-        self._kept_scores_from_grad = True
-        try:
-            return super().kept_round(model, ctx, kept, total)
-        finally:
-            self._kept_scores_from_grad = False
+        return self._apply_kept(self._kept_scores(self.weights, kept), kept, total)  # the torch ops
 
     def score_kept(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext,
                    kept: list[Tensor]) -> list[Tensor]:
         """``|W * dR/dW|`` at the kept entries only (1-D per tensor, in the order of ``kept``)."""
-        if not getattr(self, "_kept_scores_from_grad", False):  # else kept_round has just run the backward
-            self._backward(model, weights, ctx)
+        self._backward(model, weights, ctx)
+        return self._kept_scores(weights, kept)
+
+    def _kept_scores(self, weights: list[Tensor], kept: list[Tensor]) -> list[Tensor]:
+        """``|W * W.grad|`` at the ``kept`` flat indices (the backward has run), in the scoring dtype."""
         return [(w.grad.reshape(-1)[i] * w.detach().reshape(-1)[i]).abs_().to(self._dtype)
                 for w, i in zip(weights, kept, strict=True)]
 
