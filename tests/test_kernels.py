@@ -5,6 +5,7 @@ the torch ops when they cannot be built or are turned off."""
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch
 from ticketlab import kernels
 from ticketlab.errors import ConfigError, NonFiniteError
 from ticketlab.loop import train_step
-from ticketlab.masks import masked_tensors, score_gradient
+from ticketlab.masks import ScoreMask, attach, masked_tensors, score_gradient
 from ticketlab.pruners.pai import shrink_global
 from ticketlab.run import setup
 from ticketlab.selection import BandSelector, num_kept, topk_mask
@@ -88,18 +89,61 @@ def test_score_grad_equals_the_torch_formula(ext, signed):
     assert torch.equal(score_gradient(g.t(), w.t(), s.t(), signed), ref.t())
 
 
+@pytest.fixture(params=["avx512", "avx2", "default"])
+def isa(request, ext):
+    """Each implementation of the incremental band pass this CPU can run (the best one is restored after)."""
+    if not ext.use_isa(request.param):
+        pytest.skip(f"this CPU has no {request.param}")
+    yield request.param
+    ext.use_isa("best")
+
+
 @pytest.mark.parametrize("kind", ["random", "tied", "clamped"])
-def test_band_selector_fill_follows_training_like_updates_exactly(ext, kind):
-    """``fill`` (the kernel path) over drifting, jumping and re-sized selections: always a plain sort's mask."""
+def test_band_selector_fill_follows_training_like_updates_exactly(isa, kind):
+    """``fill`` (the kernel path) over drifting, jumping and re-sized selections, updating the mask and the
+    masked weight in place from the last step's whenever it can: always a plain sort's mask, and W * m."""
     gen = torch.Generator().manual_seed(6)
     w = torch.randn(50_000, generator=gen)
     select = BandSelector()
-    mask = torch.empty_like(w)
+    mask, product = torch.empty_like(w), torch.empty_like(w)
+    current = False
     for step, s, k in drifting(kind, gen, select):
-        product = select.fill(s, k, True, mask, w)
+        current = select.fill(s, k, True, mask, w, product, incremental=current)
         assert torch.equal(mask, sort_mask(s.abs(), k).float()), step
-        assert product is None or torch.equal(product, w * mask)
+        if current:
+            assert torch.equal(product, w * mask), step
     assert select.hits > 40 and select.misses >= 2
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "clamped"])
+@pytest.mark.parametrize("absval", [True, False])
+def test_incremental_band_select_writes_only_what_changes(isa, kind, absval):
+    gen = torch.Generator().manual_seed(9)
+    s = keys(kind, 40_003, gen)  # not a multiple of the vector width: the tail runs too
+    w = torch.randn(s.shape, generator=gen)
+    k = 20_000
+    key = s.abs() if absval else s
+    v = float(key.kthvalue(key.numel() - k + 1).values)
+    mask, product = torch.empty_like(s), torch.empty_like(s)
+    assert kernels.band_select(s, absval, v - 0.05, v + 0.05, k, mask, w, product)[0] == 0
+    s2 = s + 0.02 * torch.randn(s.shape, generator=gen)
+    if kind == "clamped":
+        s2 = s2.clamp(min=0)
+    key2 = s2.abs() if absval else s2
+    ref = sort_mask(key2, k).float()
+    v2 = float(key2.kthvalue(key2.numel() - k + 1).values)
+    lo, hi = v2 - 0.01, v2 + 0.01
+    touched = (ref != mask) | ((key2 >= lo) & (key2 <= hi))  # what the pass may write: changes, the band
+    assert 0 < int(touched.sum()) < s.numel() // 4
+    product.masked_fill_(~touched, 7.0)  # poisoned where nothing may be written
+    status, above, in_band, got_v = kernels.band_select(s2, absval, lo, hi, k, mask, w, product, incremental=True)
+    assert status == 0 and got_v == v2 and above == int((key2 > hi).sum())
+    assert in_band == int(((key2 >= lo) & (key2 <= hi)).sum())
+    assert torch.equal(mask, ref)
+    assert torch.equal(product[touched], (w * ref)[touched]) and bool((product[~touched] == 7.0).all())
+    bad = s2.clone()
+    bad[::11] = float("nan")
+    assert kernels.band_select(bad, absval, lo, hi, k, mask, w, product, incremental=True)[0] == 2
 
 
 def test_band_selector_fill_refuses_nan(ext):
@@ -109,6 +153,108 @@ def test_band_selector_fill_refuses_nan(ext):
     s[::7] = float("nan")
     with pytest.raises(NonFiniteError, match="NaN"):
         select.fill(s, 5_000, True, mask)
+
+
+def _masked_linear(shape: tuple[int, int], fused: bool, seed: int = 0) -> torch.nn.Linear:
+    """A bias-free Linear with a frozen random weight and a ScoreMask at sparsity 0.5, on the fused C++ step
+    (``fused``) or on the Python path."""
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(shape[1], shape[0], bias=False)
+    lin.weight.requires_grad_(False)
+    sm = ScoreMask(lin.weight.shape, 0.5)
+    with torch.no_grad():
+        sm.scores.normal_()
+    if not fused:
+        sm._fused = None
+    attach(lin, "weight", sm)
+    return lin
+
+
+@pytest.mark.parametrize("shape", [(300, 784), (30, 100)])  # the band path, and small tensors (nth_element)
+def test_the_fused_step_equals_the_python_path(ext, shape):
+    """Outputs, masks and score gradients of the fused step are bit-identical to the Python path's, through
+    weight changes (IteRand, recycling) and a mask loaded without a score change (which stands)."""
+    a, b = _masked_linear(shape, True), _masked_linear(shape, False)
+    ma, mb = a.parametrizations.weight[0], b.parametrizations.weight[0]
+    opts = [torch.optim.SGD([m.scores], lr=0.5, momentum=0.9) for m in (ma, mb)]
+    gen = torch.Generator().manual_seed(1)
+    for step in range(40):
+        x = torch.randn(16, shape[1], generator=gen)
+        if step == 15:  # the frozen weight is redrawn in place
+            fresh = torch.randn(shape, generator=gen)
+            with torch.no_grad():
+                for lin in (a, b):
+                    lin.parametrizations.weight.original.copy_(fresh)
+        if step == 25:  # a mask loaded while the scores stay: it is used as it is
+            a(x), b(x)
+            edited = ma.mask.clone()
+            edited.view(-1)[:50] = 1 - edited.view(-1)[:50]
+            for m in (ma, mb):
+                m.load_state_dict({"mask": edited}, strict=False)
+            assert torch.equal(a(x), x @ (a.parametrizations.weight.original * edited).t())
+        outs = [lin(x) for lin in (a, b)]
+        assert torch.equal(outs[0], outs[1]), step
+        assert torch.equal(ma.mask, mb.mask), step
+        for o, opt in zip(outs, opts, strict=True):
+            opt.zero_grad()
+            o.square().sum().backward()
+            opt.step()
+        assert torch.equal(ma.scores.grad, mb.scores.grad), step
+    assert torch.equal(ma.current_mask(), mb.current_mask())
+    if shape[0] * shape[1] >= 4096:
+        assert ma.select.hits > 30  # the fused step took most steps inside the band
+
+
+def test_a_graph_that_saved_the_masked_weight_fails_after_the_scores_change(ext):
+    lin = _masked_linear((300, 784), True)
+    sm = lin.parametrizations.weight[0]
+    x = torch.randn(4, 784, requires_grad=True)
+    lin(x)  # first selection (Python path), then the fused step takes over
+    with torch.no_grad():
+        sm.scores.add_(1e-4)
+    old = lin(x).sum()  # its backward to x needs this step's masked weight
+    with torch.no_grad():
+        sm.scores.mul_(-1.0)
+    lin(x)  # the next step rewrites the kept masked weight in place
+    with pytest.raises(RuntimeError, match="modified inplace|modified by an inplace operation"):
+        torch.autograd.grad(old, x)
+
+
+def test_the_score_gradient_leaves_gradients_others_hold_untouched(ext):
+    """The fused backward writes the score gradient over the incoming gradient only when nothing else holds
+    it: a hook that keeps it sees dL/dW_eff, and the scores still get dL/dW_eff * W * sign(S)."""
+    lin = _masked_linear((300, 784), True)
+    sm = lin.parametrizations.weight[0]
+    x = torch.randn(8, 784)
+    lin(x)
+    w_eff = lin.weight
+    kept = []
+    w_eff.register_hook(kept.append)
+    (x @ w_eff.t()).square().sum().backward()
+    plain = w_eff.detach().clone().requires_grad_(True)
+    (x @ plain.t()).square().sum().backward()
+    weight = lin.parametrizations.weight.original
+    assert torch.equal(kept[0], plain.grad)
+    assert torch.equal(sm.scores.grad, plain.grad * weight * torch.sign(sm.scores.detach()))
+    sm.scores.grad = None
+    (x @ lin.weight.t()).square().sum().backward()  # no hook: the gradient is reused in place, same values
+    assert torch.equal(sm.scores.grad, plain.grad * weight * torch.sign(sm.scores.detach()))
+
+
+def test_a_copied_fused_mask_starts_afresh_and_stays_apart(ext):
+    lin = _masked_linear((300, 784), True)
+    sm = lin.parametrizations.weight[0]
+    x = torch.randn(4, 784)
+    lin(x)
+    with torch.no_grad():
+        sm.scores.add_(1e-4)
+    before = lin(x)
+    twin = copy.deepcopy(lin)
+    assert torch.equal(twin(x), before)
+    with torch.no_grad():
+        twin.parametrizations.weight[0].scores.mul_(-1.0).add_(0.3)
+    twin(x)
+    assert torch.equal(lin(x), before) and not torch.equal(twin.parametrizations.weight[0].mask, sm.mask)
 
 
 def _shrink_case(seed: int, tied: bool):

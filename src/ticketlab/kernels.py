@@ -5,15 +5,19 @@ Edge-popup's step on the CPU spends its mask overhead in many elementwise passes
 networks (LeNet-300-100) those passes cost more than the dense step itself. C++ kernels
 (``csrc/mask_kernels.cpp``) do the same work in fewer passes:
 
-* :func:`band_select` -- the exact top-k inside a band around last step's threshold, written straight
-  into the float mask, and in the same pass the masked weight of the forward (used by
-  :class:`ticketlab.selection.BandSelector`); :func:`full_select` for small tensors;
+* :func:`masked_weight` -- a score mask's whole step in one call: the exact top-k inside a band around
+  last step's threshold, the mask and a kept masked weight updated in place where the mask changes, and
+  the masked weight returned through a C++ autograd node whose backward is the straight-through score
+  gradient (written over the incoming gradient when nothing else holds it);
+* :func:`band_select` -- the band selection itself, writing the float mask and the masked weight (fresh,
+  or incrementally), used by :class:`ticketlab.selection.BandSelector`; :func:`full_select` for small
+  tensors;
 * :func:`shrink_kept` -- one round of SynFlow's global top-k among the weights kept so far, scored,
   selected and applied to the masks in one call;
 * :func:`score_grad` -- the straight-through score gradient ``dL/dS = g * W (* sign(S))``
   (used by :func:`ticketlab.masks.straight_through`).
 
-Both give bit-identical results to the torch ops they replace (the tests compare them). They are
+They give bit-identical results to the torch ops they replace (the tests compare them). They are
 compiled on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler and ``ninja`` are
 needed; about 20 s once, then cached under ``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``). Where that fails, a warning is logged once and the torch ops run
@@ -73,7 +77,8 @@ _NONE = torch.empty(0)
 
 
 def band_select(scores: Tensor, absval: bool, lo: float, hi: float, k: int, out: Tensor,
-                weight: Tensor | None = None, product: Tensor | None = None) -> tuple[int, int, int, float] | None:
+                weight: Tensor | None = None, product: Tensor | None = None,
+                incremental: bool = False) -> tuple[int, int, int, float] | None:
     """Exact top-``k`` of ``key = |scores|`` (``absval``) or ``scores``, if the k-th largest key lies in ``[lo, hi]``.
 
     One pass writes ``out[i] = 1`` for ``key > hi`` and 0 elsewhere and gathers the band entries; the
@@ -82,6 +87,11 @@ def band_select(scores: Tensor, absval: bool, lo: float, hi: float, k: int, out:
     :func:`ticketlab.selection.topk_mask`. With ``weight`` and ``product``, the same pass writes
     ``product = weight * out`` (the masked weight of the forward pass).
 
+    With ``incremental``, ``out`` (and ``product``) already hold an earlier selection of the same tensors
+    (``product == weight * out``): the pass then only reads, and writes just the entries whose mask
+    changes. Between two steps of edge-popup that is a few hundred of the layer's entries, so the pass
+    moves about half the bytes of a fresh one (no mask or product written, no weight read).
+
     Args:
         scores: ``n`` entries (any shape).
         absval: rank by ``|scores|`` (else by ``scores``).
@@ -89,12 +99,13 @@ def band_select(scores: Tensor, absval: bool, lo: float, hi: float, k: int, out:
         k: entries to keep.
         out: ``n`` entries; on success holds the 0/1 mask.
         weight, product: optional, ``n`` entries each.
+        incremental: ``out`` and ``product`` hold an earlier selection (see above).
 
     Returns:
         ``None`` when the kernels are not built; else ``(status, n_above, n_band, v)``: status 0 = ``out``
-        (and ``product``) hold the result, 1 = the band missed the k-th largest (``out`` is partial;
-        select over everything), 2 = NaN keys, 3 = a tensor is not a contiguous float32 CPU tensor of
-        ``n`` entries, or ``k`` is outside ``[1, n)`` (nothing written).
+        (and ``product``) hold the result, 1 = the band missed the k-th largest (``out`` and ``product``
+        are partial; select over everything), 2 = NaN keys (partial too), 3 = a tensor is not a contiguous
+        float32 CPU tensor of ``n`` entries, or ``k`` is outside ``[1, n)`` (nothing written).
 
     Source: the top-k of edge-popup (Ramanujan et al. 2020, Algorithm 1), exact with lowest-index ties.
     """
@@ -103,7 +114,7 @@ def band_select(scores: Tensor, absval: bool, lo: float, hi: float, k: int, out:
         return None
     fused = weight is not None and product is not None
     status, above, band, v = ext.band_select(scores, absval, lo, hi, k, out, weight if fused else _NONE,
-                                             product if fused else _NONE)
+                                             product if fused else _NONE, bool(incremental))
     return int(status), int(above), int(band), v
 
 
@@ -159,6 +170,26 @@ def shrink_kept(weights: list[Tensor], grads: list[Tensor], kept: list[Tensor], 
     return 0, [i[:n] for i, n in zip(kept, r[1:], strict=True)]
 
 
+def masked_weight(absval: bool) -> Any | None:
+    """The fused CPU step of one :class:`ticketlab.masks.ScoreMask`, or ``None`` when the kernels are not built.
+
+    The returned object's ``forward(state, weight, scores, mask, k)`` does, in one call: if the scores changed
+    since its last call, the exact top-``k`` of the key (``|scores|`` if ``absval``) inside the band of
+    ``state`` (the :class:`ticketlab.selection.BandSelector`'s state, updated like its ``_update``), written
+    into ``mask``, with ``weight * mask`` kept between calls and updated only where the mask changes; then
+    the masked weight with the straight-through gradient (:func:`ticketlab.masks.straight_through`, as a C++
+    autograd node). It returns ``None`` when the Python path must take the step: a tensor that is not a
+    contiguous float32 CPU tensor of the scores' size, ``k`` outside ``[1, n)``, no band yet, a band miss,
+    NaN scores. Writes bump the version counters of ``mask`` and of the kept product, so an autograd graph
+    that saved the old values raises instead of using new ones. ``selected(scores)`` says whether the mask
+    already belongs to these scores (same storage and version).
+
+    Source: edge-popup's forward (Ramanujan et al. 2020, Algorithm 1), exact top-k with lowest-index ties.
+    """
+    ext = native()
+    return None if ext is None else ext.MaskedWeight(bool(absval))
+
+
 def score_grad(grad: Tensor, weight: Tensor, scores: Tensor, signed: bool) -> Tensor | None:
     """``grad * weight * sign(scores)`` (``signed``) or ``grad * weight`` in one pass (shape of ``scores``), or
     ``None`` when the kernels are not built or a tensor is not a contiguous CPU float32 tensor of the
@@ -173,4 +204,4 @@ def score_grad(grad: Tensor, weight: Tensor, scores: Tensor, signed: bool) -> Te
     return None if out is None else out.view_as(scores)
 
 
-__all__ = ["band_select", "full_select", "native", "score_grad", "shrink_kept"]
+__all__ = ["band_select", "full_select", "masked_weight", "native", "score_grad", "shrink_kept"]

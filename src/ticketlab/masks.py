@@ -18,6 +18,9 @@ of a model keep is :mod:`ticketlab.mask_report`; biprop's binarised mask lives b
 (:mod:`ticketlab.pruners.biprop`). A score mask is recomputed only when its scores change (tracked
 through the tensor version counter), so evaluation batches reuse the mask of the last optimizer
 step, and each recomputation starts from the last threshold (:class:`ticketlab.selection.BandSelector`).
+On the CPU a score mask's step is one C++ call when the kernels are built (:func:`ticketlab.kernels.masked_weight`:
+selection, the kept masked weight updated where the mask changes, and the straight-through node); the Python
+path below takes the steps it declines (first selection, band misses, NaN, other devices and dtypes).
 """
 
 from __future__ import annotations
@@ -173,6 +176,8 @@ class ScoreMask(MaskBase):
         self.group: JointTopK | None = None
         self._seen: tuple[int, int] | None = None  # (data_ptr, version) of the scores behind `mask`
         self.select = BandSelector()
+        # the fused CPU step (selection, kept W * m and the straight-through node in one C++ call), or None
+        self._fused = kernels.masked_weight(rank == "abs")
 
     def set_sparsity(self, sparsity: float) -> None:
         """Change the sparsity (density annealing); the mask follows at the next use.
@@ -203,19 +208,27 @@ class ScoreMask(MaskBase):
         if self.group is not None:
             self.group.refresh()
             return None
-        if self._seen == self._stamp():
+        if self._seen == self._stamp() or (self._fused is not None and self._fused.selected(self.scores)):
             return None
         product = None
         with torch.no_grad():
             if isinstance(self.select, BandSelector):
-                product = self.select.fill(self.scores, self.k, self.rank == "abs", self.mask, weight)
+                product = torch.empty_like(weight) if weight is not None and weight.device.type == "cpu" else None
+                if not self.select.fill(self.scores, self.k, self.rank == "abs", self.mask, weight, product):
+                    product = None
             else:
                 self.mask.copy_(self.select(self.key(), self.k, self.rank == "abs"))
+        torch.autograd.graph.increment_version(self.mask)  # the fused path's kept product is stale now
         self._seen = self._stamp()
         return product
 
     def forward(self, weight: Tensor) -> Tensor:
         """Masked weight ``W * m`` (shape of ``weight``) with the straight-through gradient."""
+        fused = self._fused
+        if fused is not None and weight.is_cpu and self.group is None and type(self.select) is BandSelector:
+            out = fused.forward(self.select.state, weight, self.scores, self.mask, self.k)
+            if out is not None:
+                return out
         product = self._refresh(weight)
         return straight_through(weight, self.scores, self.mask.to(weight.dtype), self.rank == "abs", product)
 

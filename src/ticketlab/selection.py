@@ -16,6 +16,7 @@ with a full selection when the band misses. Every path returns the same mask as 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
@@ -188,6 +189,22 @@ def _nan_error(flat: Tensor, k: int) -> NonFiniteError:
                                     f"{int(torch.isnan(flat).sum())} of them are NaN, which has no rank")
 
 
+@dataclass
+class BandState:
+    """The band of a :class:`BandSelector` (the torch twin of the C++ ``BandState`` of :mod:`ticketlab.kernels`).
+
+    Attributes:
+        t: centre (the last threshold), NaN before the first selection.
+        w: half-width.
+        hits, misses: calls answered inside the band, and full selections.
+    """
+
+    t: float = math.nan
+    w: float = 0.0
+    hits: int = 0
+    misses: int = 0
+
+
 class BandSelector:
     """Exact top-k of a key that changes a little between calls (a trained score tensor).
 
@@ -203,10 +220,46 @@ class BandSelector:
     """
 
     def __init__(self) -> None:
-        self.t: float | None = None
-        self.w = 0.0
-        self.hits = 0
-        self.misses = 0
+        ext = kernels.native()
+        # the band lives in `state`: with the kernels built, a C++ object the fused forward of a score mask
+        # (ticketlab.kernels.masked_weight) updates too, so either path can take the next step
+        self.state = ext.BandState() if ext is not None else BandState()
+
+    @property
+    def t(self) -> float | None:
+        """Centre of the band (last threshold), ``None`` before the first selection."""
+        return None if math.isnan(self.state.t) else self.state.t
+
+    @t.setter
+    def t(self, value: float | None) -> None:
+        self.state.t = math.nan if value is None else float(value)
+
+    @property
+    def w(self) -> float:
+        """Half-width of the band."""
+        return self.state.w
+
+    @w.setter
+    def w(self, value: float) -> None:
+        self.state.w = float(value)
+
+    @property
+    def hits(self) -> int:
+        """Calls answered inside the band."""
+        return self.state.hits
+
+    @hits.setter
+    def hits(self, value: int) -> None:
+        self.state.hits = int(value)
+
+    @property
+    def misses(self) -> int:
+        """Full selections (first call, band missed)."""
+        return self.state.misses
+
+    @misses.setter
+    def misses(self, value: int) -> None:
+        self.state.misses = int(value)
 
     def reset(self) -> None:
         """Forget the last threshold (e.g. after the kept count changes a lot)."""
@@ -235,22 +288,26 @@ class BandSelector:
                     return keep.view_as(key)
         return self._full(flat, k, nonnegative).view_as(key)
 
-    def fill(self, scores: Tensor, k: int, absval: bool, out: Tensor, weight: Tensor | None = None) -> Tensor | None:
+    def fill(self, scores: Tensor, k: int, absval: bool, out: Tensor, weight: Tensor | None = None,
+             product: Tensor | None = None, incremental: bool = False) -> bool:
         """Write the 0/1 mask of the ``k`` largest keys (``|scores|`` if ``absval``, else ``scores``) into ``out``.
 
         The same mask as ``self(key, k)``. On the CPU the fused kernels (:mod:`ticketlab.kernels`) do it in
-        one pass over the scores instead of about eight, and with ``weight`` also return ``weight * out``
-        from the same pass.
+        one pass over the scores instead of about eight, and with ``weight`` and ``product`` also write
+        ``weight * out`` into ``product`` in the same pass.
 
         Args:
             scores: any shape, ``n`` entries.
             k: entries kept.
             absval: rank by ``|scores|``.
             out: float tensor of ``n`` entries (the mask buffer), written in place.
-            weight: the masked tensor (shape of ``scores``), or ``None``.
+            weight, product: the masked tensor and a buffer for ``weight * out`` (shape of ``scores``), or
+                ``None``.
+            incremental: ``out`` already holds an earlier selection and ``product == weight * out``; the
+                kernel then writes only the entries that change (:func:`ticketlab.kernels.band_select`).
 
         Returns:
-            ``weight * out`` (shape of ``scores``) when the fused kernel computed it, else ``None``.
+            Whether ``product`` now holds ``weight * out`` (else it is stale and must not be used).
 
         Raises:
             NonFiniteError: NaN scores make an exact top-k impossible.
@@ -263,25 +320,26 @@ class BandSelector:
                 if r is not None and r[0] != 3:
                     if r[0] == 2:
                         raise _nan_error(s, k)
-                    return None
+                    return False
             elif self.t is not None and self.w > 0:
-                product = torch.empty_like(s) if weight is not None else None
+                fused = weight is not None and product is not None
                 r = kernels.band_select(s, absval, self.t - self.w, self.t + self.w, k, out,
-                                        None if weight is None else weight.detach(), product)
+                                        weight.detach() if fused else None, product if fused else None,
+                                        incremental)
                 if r is not None and r[0] != 3:
                     status, _, in_band, v = r
                     if status == 0:
                         self._update(v, in_band, n)
                         self.hits += 1
-                        return product
+                        return fused
                     if status == 2:
                         raise _nan_error(s, k)
                     key = s.abs() if absval else s
                     out.copy_(self._full(key.reshape(-1), k, absval).view_as(out))
-                    return None
+                    return False
         key = s.abs() if absval else s
         out.copy_(self(key, k, absval).view_as(out))
-        return None
+        return False
 
     def _full(self, flat: Tensor, k: int, nonnegative: bool) -> Tensor:
         """Full selection (first call, or the band missed); re-centres the band on the new threshold."""

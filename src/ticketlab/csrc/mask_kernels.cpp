@@ -3,13 +3,19 @@
 // with one; the results are bit-identical to the torch formulation in ticketlab/selection.py and
 // ticketlab/masks.py (same comparisons, same products), which the tests check.
 #include <torch/extension.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <ATen/Parallel.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -35,7 +41,8 @@ constexpr double kUnfit = 3.0;
 #define TL_MULTIVERSION
 #endif
 
-// One block of the band pass: mask (and product) values for key > hi, the in-band flags, and counts.
+// One block of a fresh band pass: mask (and product) values for key > hi, 0 in the band, flag 1 for in-band
+// entries, and the counts of keys above the band and of NaN keys.
 TL_MULTIVERSION void scan_block(const float* pb, float* mb, const float* wb, float* ob, uint8_t* flag,
                                 int64_t len, bool absval, float flo, float fhi, int32_t* above_out,
                                 int32_t* nan_out) {
@@ -55,8 +62,131 @@ TL_MULTIVERSION void scan_block(const float* pb, float* mb, const float* wb, flo
   *nan_out = nan;
 }
 
-TL_MULTIVERSION void score_grad_loop(const float* pg, const float* pw, const float* ps, float* po, int64_t b,
-                                     int64_t e, bool signed_key) {
+// Where an incremental band pass puts what it finds: the band entries (key, flat index), and the mask (and
+// product) entries that change, written at once.
+struct Sink {
+  std::vector<std::pair<float, int64_t>>* band;
+  float* m;
+  const float* w;  // nullptr: no product
+  float* o;
+};
+
+// The entries of a run of up to 32 keys starting at pb[i] (flat index offset + i) that the bit masks mark:
+// in-band entries go to the band, the others get mask bit `above`.
+inline void emit(uint32_t in_band, uint32_t changed, uint32_t above, const float* pb, int64_t i, int64_t offset,
+                 bool absval, const Sink& sink) {
+  uint32_t bits = in_band | changed;
+  while (bits) {
+    const int j = __builtin_ctz(bits);
+    bits &= bits - 1;
+    const int64_t at = offset + i + j;
+    if ((in_band >> j) & 1u) {
+      sink.band->emplace_back(key_of(pb[i + j], absval), at);
+    } else {
+      const float keep = static_cast<float>((above >> j) & 1u);
+      sink.m[at] = keep;
+      if (sink.w != nullptr) sink.o[at] = sink.w[at] * keep;
+    }
+  }
+}
+
+// One block of an incremental band pass (mask and product hold an earlier selection): the pass reads the keys
+// and the mask, and writes only the entries whose mask changes (a few per block: the scores move little).
+// Comparisons give bit masks (AVX-512: one per 16 keys; AVX2: per 8), so the common all-clear case costs a
+// few instructions per vector. Adds the counts of keys above the band and of NaN keys.
+using ChangesFn = void (*)(const float*, const float*, int64_t, bool, float, float, int64_t, const Sink&, int64_t*,
+                           int64_t*);
+
+void scan_changes_default(const float* pb, const float* mb, int64_t len, bool absval, float flo, float fhi,
+                          int64_t offset, const Sink& sink, int64_t* above_out, int64_t* nan_out) {
+  int64_t above = 0, nan = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    const float x = key_of(pb[i], absval);
+    const uint32_t a = x > fhi, in_band = (x >= flo) & (x <= fhi);
+    above += a;
+    nan += (x != x);
+    const uint32_t changed = !in_band & (a != static_cast<uint32_t>(mb[i] > 0.5f));
+    if (in_band | changed) emit(in_band, changed, a, pb, i, offset, absval, sink);
+  }
+  *above_out += above;
+  *nan_out += nan;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx512f"))) void scan_changes_avx512(const float* pb, const float* mb, int64_t len,
+                                                            bool absval, float flo, float fhi, int64_t offset,
+                                                            const Sink& sink, int64_t* above_out, int64_t* nan_out) {
+  const __m512 lo = _mm512_set1_ps(flo), hi = _mm512_set1_ps(fhi), half = _mm512_set1_ps(0.5f);
+  const __m512i keep_bits = _mm512_set1_epi32(absval ? 0x7fffffff : -1);
+  int64_t above = 0, nan = 0, i = 0;
+  for (; i + 16 <= len; i += 16) {
+    const __m512 x = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_loadu_ps(pb + i)), keep_bits));
+    const uint32_t a = _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ);
+    const uint32_t in_band = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(x, hi, _CMP_LE_OQ);
+    const uint32_t was = _mm512_cmp_ps_mask(_mm512_loadu_ps(mb + i), half, _CMP_GT_OQ);
+    above += __builtin_popcount(a);
+    nan += __builtin_popcount(static_cast<uint32_t>(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q)));
+    const uint32_t changed = (a ^ was) & ~in_band;
+    if (in_band | changed) emit(in_band, changed, a, pb, i, offset, absval, sink);
+  }
+  *above_out += above;
+  *nan_out += nan;
+  scan_changes_default(pb + i, mb + i, len - i, absval, flo, fhi, offset + i, sink, above_out, nan_out);
+}
+
+__attribute__((target("avx2"))) void scan_changes_avx2(const float* pb, const float* mb, int64_t len, bool absval,
+                                                       float flo, float fhi, int64_t offset, const Sink& sink,
+                                                       int64_t* above_out, int64_t* nan_out) {
+  const __m256 lo = _mm256_set1_ps(flo), hi = _mm256_set1_ps(fhi), half = _mm256_set1_ps(0.5f);
+  const __m256 keep_bits = _mm256_castsi256_ps(_mm256_set1_epi32(absval ? 0x7fffffff : -1));
+  int64_t above = 0, nan = 0, i = 0;
+  for (; i + 8 <= len; i += 8) {
+    const __m256 x = _mm256_and_ps(_mm256_loadu_ps(pb + i), keep_bits);
+    const uint32_t a = _mm256_movemask_ps(_mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+    const uint32_t in_band =
+        _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(x, lo, _CMP_GE_OQ), _mm256_cmp_ps(x, hi, _CMP_LE_OQ)));
+    const uint32_t was = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(mb + i), half, _CMP_GT_OQ));
+    above += __builtin_popcount(a);
+    nan += __builtin_popcount(static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q))));
+    const uint32_t changed = (a ^ was) & ~in_band;
+    if (in_band | changed) emit(in_band, changed, a, pb, i, offset, absval, sink);
+  }
+  *above_out += above;
+  *nan_out += nan;
+  scan_changes_default(pb + i, mb + i, len - i, absval, flo, fhi, offset + i, sink, above_out, nan_out);
+}
+
+ChangesFn pick_scan_changes() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return scan_changes_avx512;
+  if (__builtin_cpu_supports("avx2")) return scan_changes_avx2;
+  return scan_changes_default;
+}
+#else
+ChangesFn pick_scan_changes() { return scan_changes_default; }
+#endif
+
+ChangesFn scan_changes = pick_scan_changes();
+
+}  // namespace
+
+// Which implementation of the incremental pass runs: "avx512", "avx2" or "default" (for the tests, which
+// compare them); returns false, changing nothing, when this CPU or build lacks it.
+bool use_isa(const std::string& name) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (name == "avx512" && __builtin_cpu_supports("avx512f")) return (scan_changes = scan_changes_avx512, true);
+  if (name == "avx2" && __builtin_cpu_supports("avx2")) return (scan_changes = scan_changes_avx2, true);
+#endif
+  if (name == "default") return (scan_changes = scan_changes_default, true);
+  if (name == "best") return (scan_changes = pick_scan_changes(), true);
+  return false;
+}
+
+namespace {
+
+TL_MULTIVERSION void score_grad_loop(const float* __restrict pg, const float* __restrict pw,
+                                     const float* __restrict ps, float* __restrict po, int64_t b, int64_t e,
+                                     bool signed_key) {
   if (signed_key) {
     for (int64_t i = b; i < e; ++i) {
       const float sg = static_cast<float>((ps[i] > 0.0f) - (ps[i] < 0.0f));
@@ -64,6 +194,19 @@ TL_MULTIVERSION void score_grad_loop(const float* pg, const float* pw, const flo
     }
   } else {
     for (int64_t i = b; i < e; ++i) po[i] = pg[i] * pw[i];
+  }
+}
+
+// The same gradient written over g (the incoming gradient, when nothing else holds it).
+TL_MULTIVERSION void score_grad_inplace_loop(float* __restrict pg, const float* __restrict pw,
+                                             const float* __restrict ps, int64_t b, int64_t e, bool signed_key) {
+  if (signed_key) {
+    for (int64_t i = b; i < e; ++i) {
+      const float sg = static_cast<float>((ps[i] > 0.0f) - (ps[i] < 0.0f));
+      pg[i] = (pg[i] * pw[i]) * sg;
+    }
+  } else {
+    for (int64_t i = b; i < e; ++i) pg[i] = pg[i] * pw[i];
   }
 }
 
@@ -76,15 +219,20 @@ struct Chunk {
 }  // namespace
 
 // Exact top-k of key(s) (|s| or s) written into `mask` (float 0/1, numel of s) when the k-th largest
-// key lies in the band [lo, hi]. One pass writes 1 for key > hi and 0 elsewhere and collects the band
-// entries; the (k - #above)-th largest band entry is the threshold v; band entries above v are kept,
-// and entries equal to v lowest index first, so exactly k entries are kept.
-// With a non-empty `weight`, the same pass writes product = weight * mask (the forward's masked weight).
+// key lies in the band [lo, hi]. One pass sets the mask to 1 for key > hi and 0 below the band and
+// collects the band entries; the (k - #above)-th largest band entry is the threshold v; band entries
+// above v are kept, and entries equal to v lowest index first, so exactly k entries are kept.
+// With a non-empty `weight`, `product` = weight * mask is written too (the forward's masked weight).
+// `incremental`: mask (and product) already hold a previous selection (product = weight * mask); only the
+// entries whose mask changes are written (the scores move little per step, so most entries keep their value
+// and the pass only reads).
 // Returns {status, n_above, n_band, v}: status 0 = done; 1 = the band does not hold the k-th largest
-// (mask is left partial; select again over everything); 2 = NaN keys (no exact top-k exists);
-// 3 = a tensor is not a contiguous float32 CPU tensor of the scores' size, or k is not in [1, n).
+// (mask and product are left partial; select again over everything); 2 = NaN keys (no exact top-k exists;
+// partial too); 3 = a tensor is not a contiguous float32 CPU tensor of the scores' size, or k is not in
+// [1, n) (nothing written).
 std::vector<double> band_select(const torch::Tensor& s, bool absval, double lo, double hi, int64_t k,
-                                torch::Tensor mask, const torch::Tensor& weight, torch::Tensor product) {
+                                torch::Tensor mask, const torch::Tensor& weight, torch::Tensor product,
+                                bool incremental) {
   const int64_t n = s.numel();
   const bool fused = weight.defined() && weight.numel() > 0;
   if (!fits(s, n) || !fits(mask, n) || (fused && (!fits(weight, n) || !fits(product, n))) || k < 1 || k >= n) {
@@ -95,19 +243,28 @@ std::vector<double> band_select(const torch::Tensor& s, bool absval, double lo, 
   const float* w = fused ? weight.data_ptr<float>() : nullptr;
   float* o = fused ? product.data_ptr<float>() : nullptr;
   const float flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
+  auto set = [&](int64_t i, float keep) {
+    m[i] = keep;
+    if (fused) o[i] = w[i] * keep;
+  };
   const int64_t nchunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / (4 * kBlock)));
   std::vector<Chunk> chunks(nchunks);
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       Chunk& ch = chunks[c];
       const int64_t b = n * c / nchunks, e = n * (c + 1) / nchunks;
-      ch.band.reserve(static_cast<size_t>((e - b) / 16 + 16));
+      ch.band.reserve(static_cast<size_t>((e - b) / 128 + 64));  // the band holds ~1/2048 to 1/256
+      const Sink sink{&ch.band, m, w, o};
       alignas(64) uint8_t flag[kBlock + 8];
       for (int64_t i0 = b; i0 < e; i0 += kBlock) {
         const int64_t len = std::min(e - i0, kBlock);
         const float* pb = p + i0;
         float* mb = m + i0;
         int32_t above = 0, nan = 0;
+        if (incremental) {
+          scan_changes(pb, mb, len, absval, flo, fhi, i0, sink, &ch.above, &ch.nan);
+          continue;
+        }
         scan_block(pb, mb, fused ? w + i0 : nullptr, fused ? o + i0 : nullptr, flag, len, absval, flo, fhi,
                    &above, &nan);
         ch.above += above;
@@ -158,20 +315,13 @@ std::vector<double> band_select(const torch::Tensor& s, bool absval, double lo, 
   const float v = band[need - 1].first;
   int64_t gt = 0;
   std::vector<int64_t> ties;
-  auto keep = [&](int64_t i) {
-    m[i] = 1.0f;
-    if (fused) o[i] = w[i] * 1.0f;
-  };
   for (const auto& e : band) {
-    if (e.first > v) {
-      keep(e.second);
-      ++gt;
-    } else if (e.first == v) {
-      ties.push_back(e.second);
-    }
+    if (e.first > v) ++gt;
+    else if (e.first == v) ties.push_back(e.second);
   }
   std::sort(ties.begin(), ties.end());
-  for (int64_t j = 0; j < need - gt; ++j) keep(ties[j]);
+  const int64_t last_tie = need > gt ? ties[need - gt - 1] : -1;  // ties kept: index <= last_tie
+  for (const auto& e : band) set(e.second, (e.first > v || (e.first == v && e.second <= last_tie)) ? 1.0f : 0.0f);
   return {0.0, static_cast<double>(above), static_cast<double>(nband), static_cast<double>(v)};
 }
 
@@ -342,9 +492,184 @@ torch::Tensor score_grad(const torch::Tensor& g, const torch::Tensor& w, const t
   return out;
 }
 
+// W * m with the straight-through gradient to the scores, as a C++ autograd node (no Python on the step's
+// path): forward returns `product` when given (the selection kernel wrote it), else weight * mask; backward
+// gives dL/dW = g * m (when the weight requires grad) and dL/dS = g * W (* sign(S)), one pass on the CPU.
+struct ScoreSTE : public torch::autograd::Function<ScoreSTE> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& weight,
+                               const torch::Tensor& scores, const torch::Tensor& mask, const torch::Tensor& product,
+                               bool has_product, bool signed_key) {
+    ctx->save_for_backward({weight, scores, mask});
+    ctx->saved_data["signed"] = signed_key;
+    if (has_product) return product;
+    return weight * mask;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor& g = grads[0];
+    const torch::Tensor &w = saved[0], &s = saved[1], &m = saved[2];
+    const bool signed_key = ctx->saved_data["signed"].toBool();
+    torch::Tensor gw, gs;
+    if (ctx->needs_input_grad(0)) gw = g * m;
+    if (ctx->needs_input_grad(1)) {
+      const int64_t n = s.numel();
+      // The incoming gradient is overwritten when nothing else can see it: two references (the engine's list
+      // and this function's copy of it), one tensor on its storage, no graph of its own (create_graph).
+      if (fits(g, n) && fits(w, n) && fits(s, n) && g.use_count() == 2 && g.storage().use_count() == 2 &&
+          !g.requires_grad() && g.sizes() == s.sizes()) {
+        float* pg = g.data_ptr<float>();
+        const float* pw = w.data_ptr<float>();
+        const float* ps = s.data_ptr<float>();
+        at::parallel_for(0, n, 1 << 15, [&](int64_t b, int64_t e) {
+          score_grad_inplace_loop(pg, pw, ps, b, e, signed_key);
+        });
+        gs = g;
+      } else {
+        gs = score_grad(g, w, s, signed_key);
+        if (!gs.defined()) {
+          gs = g * w;
+          if (signed_key) gs.mul_(torch::sign(s));
+        } else {
+          gs = gs.view_as(s);
+        }
+      }
+    }
+    return {gw, gs, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// The band of ticketlab.selection.BandSelector: centre t (NaN before the first selection), half-width w, and the
+// calls answered inside the band (hits) or by a full selection (misses). Shared by the Python selector and
+// the fused forward below, so either can take the next step.
+struct BandState {
+  double t = NAN;
+  double w = 0.0;
+  int64_t hits = 0;
+  int64_t misses = 0;
+
+  // Track the threshold after a hit; keep the band at about 1/2048 to 1/256 of the entries (the same rule as
+  // BandSelector._update).
+  void update(double v, int64_t in_band, int64_t n) {
+    const double moved = std::fabs(v - t);
+    t = v;
+    if (in_band > n / 256) w *= 0.5;
+    else if (in_band < n / 2048) w *= 2.0;
+    w = std::max({w, 2.0 * moved, std::fabs(v) * 1e-6, 1e-30});
+  }
+};
+
+int64_t version_of(const torch::Tensor& t) { return static_cast<int64_t>(t._version()); }
+int64_t address_of(const torch::Tensor& t) { return reinterpret_cast<int64_t>(t.data_ptr()); }
+
+// The step of one ScoreMask on the CPU in one call: if the scores changed since the last call, select the
+// exact top-k inside the band (band_select; small tensors: full_select), updating the mask and a kept
+// product = weight * mask in place (only the entries that change when the product is current), then return
+// the masked weight with the straight-through gradient (ScoreSTE). Returns None when the Python path must
+// take this step: unfit tensors, no band yet, the band missed, NaN scores.
+// Writes to the mask and the product bump their version counters, so an autograd graph that saved the old
+// values fails loudly instead of using the new ones.
+struct MaskedWeight {
+  bool absval = true;
+  int64_t scores_at = 0, scores_version = -1;  // the scores behind the mask
+  int64_t weight_at = 0, weight_version = -1, mask_at = 0, mask_version = -1;  // behind the product
+  torch::Tensor product;
+
+  explicit MaskedWeight(bool absval_) : absval(absval_) {}
+
+  bool product_current(const torch::Tensor& weight, const torch::Tensor& mask) const {
+    return product.defined() && weight_at == address_of(weight) && weight_version == version_of(weight) &&
+           mask_at == address_of(mask) && mask_version == version_of(mask);
+  }
+
+  bool selected(const torch::Tensor& scores) const {
+    return scores_at == address_of(scores) && scores_version == version_of(scores);
+  }
+
+  void forget() {
+    scores_version = -1;
+    weight_version = -1;
+  }
+
+  c10::optional<torch::Tensor> forward(BandState& band, const torch::Tensor& weight, const torch::Tensor& scores,
+                                       torch::Tensor mask, int64_t k) {
+    const int64_t n = scores.numel();
+    if (!fits(scores, n) || !fits(weight, n) || !fits(mask, n) || k < 1 || k >= n) return c10::nullopt;
+    const bool current = product_current(weight, mask);
+    const bool same_scores = selected(scores);
+    if (current && same_scores) return ScoreSTE::apply(weight, scores, mask, product, true, absval);
+    if (!same_scores && n >= 4096 && !(band.w > 0.0 && std::isfinite(band.t))) return c10::nullopt;
+    if (!current) product = torch::empty_like(weight, torch::MemoryFormat::Contiguous);
+    product.unsafeGetTensorImpl()->bump_version();
+    if (same_scores) {  // the mask stands (it was set or loaded since): only the product is redone
+      const float* w = weight.data_ptr<float>();
+      const float* m = mask.data_ptr<float>();
+      float* o = product.data_ptr<float>();
+      at::parallel_for(0, n, 1 << 15, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) o[i] = w[i] * m[i];
+      });
+      weight_at = address_of(weight);
+      weight_version = version_of(weight);
+      mask_at = address_of(mask);
+      mask_version = version_of(mask);
+      return ScoreSTE::apply(weight, scores, mask, product, true, absval);
+    }
+    mask.unsafeGetTensorImpl()->bump_version();
+    if (n < 4096) {
+      if (full_select(scores, absval, k, mask)[0] != 0.0) {
+        forget();
+        return c10::nullopt;
+      }
+      const float* w = weight.data_ptr<float>();
+      const float* m = mask.data_ptr<float>();
+      float* o = product.data_ptr<float>();
+      for (int64_t i = 0; i < n; ++i) o[i] = w[i] * m[i];
+    } else {
+      const auto r = band_select(scores, absval, band.t - band.w, band.t + band.w, k, mask, weight, product, current);
+      if (r[0] != 0.0) {
+        forget();
+        return c10::nullopt;
+      }
+      band.update(r[3], static_cast<int64_t>(r[2]), n);
+      band.hits += 1;
+    }
+    scores_at = address_of(scores);
+    scores_version = version_of(scores);
+    weight_at = address_of(weight);
+    weight_version = version_of(weight);
+    mask_at = address_of(mask);
+    mask_version = version_of(mask);
+    return ScoreSTE::apply(weight, scores, mask, product, true, absval);
+  }
+};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("band_select", &band_select, "exact top-k inside a band around the last threshold");
   mod.def("shrink_kept", &shrink_kept, "one global top-k round among the kept entries");
   mod.def("full_select", &full_select, "exact top-k by nth_element");
   mod.def("score_grad", &score_grad, "straight-through score gradient");
+  mod.def("use_isa", &use_isa, "pick the incremental pass: avx512, avx2, default or best");
+  py::class_<BandState>(mod, "BandState")
+      .def(py::init<>())
+      .def_readwrite("t", &BandState::t)
+      .def_readwrite("w", &BandState::w)
+      .def_readwrite("hits", &BandState::hits)
+      .def_readwrite("misses", &BandState::misses)
+      .def(py::pickle([](const BandState& b) { return py::make_tuple(b.t, b.w, b.hits, b.misses); },
+                      [](py::tuple s) {
+                        BandState b;
+                        b.t = s[0].cast<double>();
+                        b.w = s[1].cast<double>();
+                        b.hits = s[2].cast<int64_t>();
+                        b.misses = s[3].cast<int64_t>();
+                        return b;
+                      }));
+  py::class_<MaskedWeight>(mod, "MaskedWeight")
+      .def(py::init<bool>())
+      .def("forward", &MaskedWeight::forward)
+      .def("selected", &MaskedWeight::selected)
+      .def("forget", &MaskedWeight::forget)
+      .def(py::pickle([](const MaskedWeight& m) { return py::make_tuple(m.absval); },  // copies start afresh
+                      [](py::tuple s) { return MaskedWeight(s[0].cast<bool>()); }));
 }
