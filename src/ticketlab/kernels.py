@@ -181,8 +181,8 @@ def masked_weight(absval: bool) -> Any | None:
     autograd node). It returns ``None`` when the Python path must take the step: a tensor that is not a
     contiguous float32 CPU tensor of the scores' size, ``k`` outside ``[1, n)``, no band yet, a band miss,
     NaN scores. Writes bump the version counters of ``mask`` and of the kept product, so an autograd graph
-    that saved the old values raises instead of using new ones. ``selected(scores)`` says whether the mask
-    already belongs to these scores (same storage and version).
+    that saved the old values raises instead of using new ones. ``selected(scores, k)`` says whether the
+    mask already is the top-``k`` of these scores (same storage and version); ``forget()`` says it is not.
 
     Source: edge-popup's forward (Ramanujan et al. 2020, Algorithm 1), exact top-k with lowest-index ties.
     """

@@ -188,6 +188,8 @@ class ScoreMask(MaskBase):
         self.sparsity = float(sparsity)
         self.k = num_kept(self.scores.numel(), sparsity)
         self._seen = None
+        if self._fused is not None:
+            self._fused.forget()
         self.select.reset()
 
     def key(self) -> Tensor:
@@ -208,7 +210,7 @@ class ScoreMask(MaskBase):
         if self.group is not None:
             self.group.refresh()
             return None
-        if self._seen == self._stamp() or (self._fused is not None and self._fused.selected(self.scores)):
+        if self._seen == self._stamp() or (self._fused is not None and self._fused.selected(self.scores, self.k)):
             return None
         product = None
         with torch.no_grad():

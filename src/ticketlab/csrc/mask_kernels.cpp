@@ -583,8 +583,10 @@ struct MaskedWeight {
            mask_at == address_of(mask) && mask_version == version_of(mask);
   }
 
-  bool selected(const torch::Tensor& scores) const {
-    return scores_at == address_of(scores) && scores_version == version_of(scores);
+  int64_t k_at = -1;  // the kept count of the selection behind the mask
+
+  bool selected(const torch::Tensor& scores, int64_t k) const {
+    return scores_at == address_of(scores) && scores_version == version_of(scores) && k == k_at;
   }
 
   void forget() {
@@ -597,7 +599,7 @@ struct MaskedWeight {
     const int64_t n = scores.numel();
     if (!fits(scores, n) || !fits(weight, n) || !fits(mask, n) || k < 1 || k >= n) return c10::nullopt;
     const bool current = product_current(weight, mask);
-    const bool same_scores = selected(scores);
+    const bool same_scores = selected(scores, k);
     if (current && same_scores) return ScoreSTE::apply(weight, scores, mask, product, true, absval);
     if (!same_scores && n >= 4096 && !(band.w > 0.0 && std::isfinite(band.t))) return c10::nullopt;
     if (!current) product = torch::empty_like(weight, torch::MemoryFormat::Contiguous);
@@ -636,6 +638,7 @@ struct MaskedWeight {
     }
     scores_at = address_of(scores);
     scores_version = version_of(scores);
+    k_at = k;
     weight_at = address_of(weight);
     weight_version = version_of(weight);
     mask_at = address_of(mask);
