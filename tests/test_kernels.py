@@ -205,6 +205,23 @@ def test_the_fused_step_equals_the_python_path(ext, shape):
         assert ma.select.hits > 30  # the fused step took most steps inside the band
 
 
+def test_a_mask_set_after_the_first_selection_stands_until_the_scores_change(ext):
+    """The first selection is the Python path's; the fused step then keeps a mask edited in between, as the
+    Python path does, and selects again once the scores move."""
+    lin = _masked_linear((300, 784), True)
+    sm = lin.parametrizations.weight[0]
+    x = torch.randn(4, 784)
+    lin(x)
+    edited = 1 - sm.mask
+    sm.load_state_dict({"mask": edited}, strict=False)
+    weight = lin.parametrizations.weight.original
+    assert torch.equal(lin(x), x @ (weight * edited).t())
+    with torch.no_grad():
+        sm.scores.add_(1e-4)
+    lin(x)
+    assert torch.equal(sm.mask, sort_mask(sm.scores.detach().abs(), sm.k).float())
+
+
 def test_a_graph_that_saved_the_masked_weight_fails_after_the_scores_change(ext):
     lin = _masked_linear((300, 784), True)
     sm = lin.parametrizations.weight[0]

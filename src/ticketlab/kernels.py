@@ -182,7 +182,8 @@ def masked_weight(absval: bool) -> Any | None:
     contiguous float32 CPU tensor of the scores' size, ``k`` outside ``[1, n)``, no band yet, a band miss,
     NaN scores. Writes bump the version counters of ``mask`` and of the kept product, so an autograd graph
     that saved the old values raises instead of using new ones. ``selected(scores, k)`` says whether the
-    mask already is the top-``k`` of these scores (same storage and version); ``forget()`` says it is not.
+    mask already is the top-``k`` of these scores (same storage and version); ``adopt(scores, k)`` records
+    that the Python path just made it so, ``forget()`` that it is not.
 
     Source: edge-popup's forward (Ramanujan et al. 2020, Algorithm 1), exact top-k with lowest-index ties.
     """

@@ -166,18 +166,33 @@ class ScoreMask(MaskBase):
 
     def __init__(self, shape: torch.Size | tuple[int, ...], sparsity: float, rank: str = "abs") -> None:
         super().__init__()
-        if rank not in ("abs", "raw"):
-            raise ConfigError(f"rank={rank!r} is not allowed; choose abs or raw.")
         self.scores = nn.Parameter(torch.zeros(shape))
         self.register_buffer("mask", torch.ones(shape))
         self.sparsity = float(sparsity)
         self.k = num_kept(self.scores.numel(), sparsity)
-        self.rank = rank
         self.group: JointTopK | None = None
         self._seen: tuple[int, int] | None = None  # (data_ptr, version) of the scores behind `mask`
         self.select = BandSelector()
+        self.rank = rank
+
+    @property
+    def rank(self) -> str:
+        """``"abs"`` (rank by ``|S|``) or ``"raw"`` (by ``S``); setting it makes the mask follow at the next use.
+
+        Raises:
+            ConfigError: (on setting) another value.
+        """
+        return self._rank
+
+    @rank.setter
+    def rank(self, value: str) -> None:
+        if value not in ("abs", "raw"):
+            raise ConfigError(f"rank={value!r} is not allowed; choose abs or raw.")
+        self._rank = value
+        self._seen = None
+        self.select.reset()
         # the fused CPU step (selection, kept W * m and the straight-through node in one C++ call), or None
-        self._fused = kernels.masked_weight(rank == "abs")
+        self._fused = kernels.masked_weight(value == "abs")
 
     def set_sparsity(self, sparsity: float) -> None:
         """Change the sparsity (density annealing); the mask follows at the next use.
@@ -222,6 +237,8 @@ class ScoreMask(MaskBase):
                 self.mask.copy_(self.select(self.key(), self.k, self.rank == "abs"))
         torch.autograd.graph.increment_version(self.mask)  # the fused path's kept product is stale now
         self._seen = self._stamp()
+        if self._fused is not None:
+            self._fused.adopt(self.scores, self.k)
         return product
 
     def forward(self, weight: Tensor) -> Tensor:

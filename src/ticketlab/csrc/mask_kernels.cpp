@@ -589,6 +589,13 @@ struct MaskedWeight {
     return scores_at == address_of(scores) && scores_version == version_of(scores) && k == k_at;
   }
 
+  // The mask was just selected for these scores elsewhere (the Python path): later calls keep it.
+  void adopt(const torch::Tensor& scores, int64_t k) {
+    scores_at = address_of(scores);
+    scores_version = version_of(scores);
+    k_at = k;
+  }
+
   void forget() {
     scores_version = -1;
     weight_version = -1;
@@ -672,6 +679,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
       .def(py::init<bool>())
       .def("forward", &MaskedWeight::forward)
       .def("selected", &MaskedWeight::selected)
+      .def("adopt", &MaskedWeight::adopt)
       .def("forget", &MaskedWeight::forget)
       .def(py::pickle([](const MaskedWeight& m) { return py::make_tuple(m.absval); },  // copies start afresh
                       [](py::tuple s) { return MaskedWeight(s[0].cast<bool>()); }));
