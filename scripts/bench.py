@@ -6,7 +6,10 @@
     python scripts/bench.py bench.what=suite              # all of it, one Markdown table
 
 ``bench.what=step`` (default): for the chosen model, data and batch size, the median time of one optimizer
-step (forward, backward, update) of dense training and of edge-popup (TicketLab's selection), their ratio,
+step (forward, backward, update) of dense training and of edge-popup (TicketLab's selection), taken in
+turns (a dense step, an edge-popup step, again) so both see the same machine, their ratio, the ratio to
+dense training of edge-popup's masked weights (the same values: the masks' own cost, apart from what the
+values do to the speed of the dense kernels),
 images per second and the projected time of a 100-epoch run (100 x batches per epoch x median step; data
 loading and evaluation not included). ``bench.full_sort=true`` adds edge-popup with the reference code's
 full sort per step (allenai/hidden-networks ``GetSubnet``).
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import hydra
@@ -69,47 +73,69 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def step_times(overrides: list[str], batch, device: torch.device, steps: int, warmup: int,
-               full_sort: bool = False) -> list[float]:
-    """Seconds per optimizer step of the run ``overrides`` describe, on one fixed batch.
+def make_step(overrides: list[str], batch, device: torch.device, full_sort: bool = False,
+              baked_from: torch.nn.Module | None = None) -> tuple[Callable[[], None], torch.nn.Module]:
+    """One optimizer step of the run ``overrides`` describe, on one fixed batch, as a function (and its model).
 
     The step is the trainer's own (:func:`ticketlab.loop.train_step`, no loss check inside the step),
     under ``trainer.amp`` (bf16 autocast on CUDA), ``trainer.channels_last`` and ``trainer.compile`` as
-    the trainer applies them.
+    the trainer applies them. With ``baked_from`` (a masked model of the same architecture), the model is
+    a plain one (``overrides`` should say ``pruner=dense``) whose weights are the masked weights of
+    ``baked_from``: dense training on the same values, which separates the masks' own cost from what the
+    values do to the dense kernels' speed.
     """
     rc = resolve(compose(config_name="bench", overrides=overrides), ("bench",))
     x, y = batch
+    if rc.trainer.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     model = build_model(rc.model, tuple(x.shape[1:]), int(y.max()) + 1)
     pruner = build_pruner(rc.pruner)
     init_weights(model, rc.init, rc.seed, pruner.densities(model))
     model.to(device)
     if rc.trainer.channels_last and x.dim() == 4:
         model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    pruner.prepare(model, PruneContext(rc.seed, rc.init, device))
-    if full_sort:
-        for mt in masks.masked_tensors(model):
-            if isinstance(mt.mask, masks.ScoreMask):
-                mt.mask.select = FullSort()
-    opt = build_optimizer(pruner.trainable_parameters(model), rc.optimizer)
+    if baked_from is not None:
+        with torch.no_grad():
+            for (_, dst), (_, src) in zip(masks.prunable_layers(model), masks.prunable_layers(baked_from),
+                                          strict=True):
+                dst.weight.copy_(src.weight)
+                if dst.bias is not None:
+                    dst.bias.copy_(src.bias)
+        trainable = list(model.parameters())
+    else:
+        pruner.prepare(model, PruneContext(rc.seed, rc.init, device))
+        if full_sort:
+            for mt in masks.masked_tensors(model):
+                if isinstance(mt.mask, masks.ScoreMask):
+                    mt.mask.select = FullSort()
+        trainable = pruner.trainable_parameters(model)
+    opt = build_optimizer(trainable, rc.optimizer)
     loss_fn = torch.nn.CrossEntropyLoss()
     use_amp = rc.trainer.amp and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     train_model = torch.compile(model) if rc.trainer.compile else model
     model.train()
-    times = []
+    return (lambda: train_step(train_model, (x, y), loss_fn, opt, autocast, check_loss=False)), model
+
+
+def step_times(steps_by_name: dict[str, Callable[[], None]], device: torch.device, steps: int,
+               warmup: int) -> dict[str, list[float]]:
+    """Seconds per step of each named step function, taken in turns (one step of each, then again), so that
+    every variant sees the same state of a shared, noisy machine; ``warmup`` rounds are not timed."""
+    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for i in range(warmup + steps):
-        _sync(device)
-        t = time.perf_counter()
-        train_step(train_model, (x, y), loss_fn, opt, autocast, check_loss=False)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
+        for name, step in steps_by_name.items():
+            _sync(device)
+            t = time.perf_counter()
+            step()
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t)
     return times
 
 
 def bench_step(base: list[str], steps: int, warmup: int, full_sort: bool) -> dict[str, Any]:
-    """Dense vs edge-popup median step for the config ``base`` (overrides) describes."""
+    """Dense vs edge-popup median step for the config ``base`` (overrides) describes (steps taken in turns)."""
     rc = resolve(compose(config_name="bench", overrides=base), ("bench",))
     set_threads(rc.trainer.threads)
     device = select_device(rc.trainer.device)
@@ -126,15 +152,21 @@ def bench_step(base: list[str], steps: int, warmup: int, full_sort: bool) -> dic
                            "batches_per_epoch": per_epoch}
     variants = {"dense": keep + ["pruner=dense"], "edge_popup": keep + ["pruner=edge_popup"] +
                 [o for o in base if o.startswith("pruner.")]}
-    for name, over in variants.items():
-        t = statistics.median(step_times(over, batch, device, steps, warmup))
+    fns = {"dense": make_step(variants["dense"], batch, device)[0]}
+    fns["edge_popup"], masked = make_step(variants["edge_popup"], batch, device)
+    fns["same_weights"] = make_step(variants["dense"], batch, device, baked_from=masked)[0]
+    if full_sort:
+        fns["full_sort"] = make_step(variants["edge_popup"], batch, device, full_sort=True)[0]
+    times = step_times(fns, device, steps, warmup)
+    for name in ("dense", "edge_popup", "same_weights"):
+        t = statistics.median(times[name])
         res[f"{name}_s"] = t
         res[f"{name}_images_per_s"] = len(y) / t
         res[f"{name}_100_epochs_h"] = 100 * per_epoch * t / 3600
     res["ratio"] = res["edge_popup_s"] / res["dense_s"]
+    res["mask_ratio"] = res["edge_popup_s"] / res["same_weights_s"]
     if full_sort:
-        res["full_sort_s"] = statistics.median(step_times(variants["edge_popup"], batch, device, steps, warmup,
-                                                          full_sort=True))
+        res["full_sort_s"] = statistics.median(times["full_sort"])
         res["full_sort_ratio"] = res["full_sort_s"] / res["dense_s"]
     return res
 
@@ -148,6 +180,8 @@ def print_step(res: dict[str, Any]) -> None:
         print(f"  {name:<11} {res[f'{name}_s'] * 1e3:9.2f} ms  {res[f'{name}_images_per_s']:9.0f} img/s  "
               f"100 epochs ~ {res[f'{name}_100_epochs_h']:.2f} h")
     print(f"  edge-popup / dense: {res['ratio']:.2f}x")
+    print(f"  dense training on edge-popup's masked weights: {res['same_weights_s'] * 1e3:.2f} ms "
+          f"(edge-popup / that: {res['mask_ratio']:.2f}x, the masks' own cost)")
     if "full_sort_s" in res:
         print(f"  edge-popup with the reference's full sort: {res['full_sort_s'] * 1e3:.2f} ms "
               f"({res['full_sort_ratio']:.2f}x)")
@@ -191,8 +225,8 @@ def bench_pai(cfg: DictConfig) -> dict[str, Any]:
 def bench_suite(cfg: DictConfig) -> tuple[dict[str, Any], str]:
     """LeNet-300-100 (1 and 2 threads), Conv-6, SynFlow and PHEW; returns the results and a Markdown table."""
     res: dict[str, Any] = {}
-    rows = ["| benchmark | threads | dense step | edge-popup step | edge-popup / dense | edge-popup img/s | "
-            "100 epochs (edge-popup) |", "|---|---|---|---|---|---|---|"]
+    rows = ["| benchmark | threads | dense step | edge-popup step | edge-popup / dense | edge-popup / dense on the "
+            "same weights | edge-popup img/s | 100 epochs (edge-popup) |", "|---|---|---|---|---|---|---|---|"]
     cases = [("lenet300_100 mnist", ["model=lenet300_100", "dataset=mnist"], t, cfg.bench.steps) for t in (1, 2)]
     cases.append(("conv6 cifar10", ["model=conv6", "dataset=cifar10"], int(cfg.trainer.threads) or 2,
                   cfg.bench.conv_steps))
@@ -202,16 +236,17 @@ def bench_suite(cfg: DictConfig) -> tuple[dict[str, Any], str]:
         res[f"{label} {threads}t"] = r
         print_step(r)
         rows.append(f"| {label}, batch 128 | {r['threads']} | {r['dense_s'] * 1e3:.2f} ms | "
-                    f"{r['edge_popup_s'] * 1e3:.2f} ms | {r['ratio']:.2f}x | {r['edge_popup_images_per_s']:.0f} | "
+                    f"{r['edge_popup_s'] * 1e3:.2f} ms | {r['ratio']:.2f}x | {r['mask_ratio']:.2f}x | "
+                    f"{r['edge_popup_images_per_s']:.0f} | "
                     f"{r['edge_popup_100_epochs_h']:.2f} h |")
     pai = bench_pai(cfg)
     res["pai"] = pai
     s = pai["synflow"]
     rows.append(f"| SynFlow {cfg.bench.synflow_model}, {s['iterations']} rounds to density {s['density']:g} | "
-                f"{pai['threads']} | | {s['seconds']:.1f} s | | | |")
+                f"{pai['threads']} | | {s['seconds']:.1f} s | | | | |")
     for d, p in pai["phew"].items():
         rows.append(f"| PHEW {cfg.bench.phew_model} at density {d} | {pai['threads']} | | {p['seconds']:.2f} s | "
-                    "| | |")
+                    "| | | |")
     return res, "\n".join(rows)
 
 
