@@ -205,6 +205,12 @@ class BandState:
     misses: int = 0
 
 
+def _state_field(name: str, kind: type, doc: str) -> property:
+    """A :class:`BandSelector` attribute kept in its ``state`` (the C++ object when the kernels are built)."""
+    return property(lambda self: getattr(self.state, name), lambda self, v: setattr(self.state, name, kind(v)),
+                    doc=doc)
+
+
 class BandSelector:
     """Exact top-k of a key that changes a little between calls (a trained score tensor).
 
@@ -234,32 +240,9 @@ class BandSelector:
     def t(self, value: float | None) -> None:
         self.state.t = math.nan if value is None else float(value)
 
-    @property
-    def w(self) -> float:
-        """Half-width of the band."""
-        return self.state.w
-
-    @w.setter
-    def w(self, value: float) -> None:
-        self.state.w = float(value)
-
-    @property
-    def hits(self) -> int:
-        """Calls answered inside the band."""
-        return self.state.hits
-
-    @hits.setter
-    def hits(self, value: int) -> None:
-        self.state.hits = int(value)
-
-    @property
-    def misses(self) -> int:
-        """Full selections (first call, band missed)."""
-        return self.state.misses
-
-    @misses.setter
-    def misses(self, value: int) -> None:
-        self.state.misses = int(value)
+    w = _state_field("w", float, "Half-width of the band.")
+    hits = _state_field("hits", int, "Calls answered inside the band.")
+    misses = _state_field("misses", int, "Full selections (first call, band missed).")
 
     def reset(self) -> None:
         """Forget the last threshold (e.g. after the kept count changes a lot)."""
