@@ -50,6 +50,26 @@ def test_band_select_is_the_exact_top_k_and_writes_the_masked_weight(ext, kind, 
             assert torch.equal(product, w * mask)
 
 
+@pytest.mark.parametrize("incremental", [False, True])
+def test_band_select_on_channels_last_tensors_keeps_the_flat_order_of_ties(isa, incremental):
+    """Channels-last scores, mask and weight are walked in memory order; ties at the threshold are still kept
+    lowest (row-major) flat index first, the mask of the contiguous tensor."""
+    gen = torch.Generator().manual_seed(10)
+    shape = (64, 32, 3, 3)
+    s = keys("tied", 64 * 32 * 9, gen).view(shape).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(shape, generator=gen).contiguous(memory_format=torch.channels_last)
+    key = s.abs()
+    for k in (1_000, 9_216, 15_000):
+        v = float(key.reshape(-1).kthvalue(key.numel() - k + 1).values)
+        mask, product = torch.empty_like(s), torch.empty_like(s)
+        if incremental:  # start from another selection, as the step before would have left it
+            assert kernels.band_select(s, True, -1.0, float(key.max()) + 1, k // 2, mask, w, product)[0] == 0
+        status = kernels.band_select(s, True, v - 0.05, v + 0.05, k, mask, w, product, incremental=incremental)[0]
+        assert status == 0 and mask.stride() == s.stride()
+        assert torch.equal(mask, sort_mask(key, k).float()), k
+        assert torch.equal(product, w * mask)
+
+
 def test_band_select_reports_a_miss_nan_and_unfit_tensors(ext):
     s = torch.randn(10_000)
     out = torch.empty_like(s)
@@ -85,8 +105,9 @@ def test_score_grad_equals_the_torch_formula(ext, signed):
     s[::9] = 0.0  # sign(0) = 0
     ref = g * w * torch.sign(s) if signed else g * w
     assert torch.equal(kernels.score_grad(g, w, s, signed), ref)
-    assert kernels.score_grad(g.t(), w.t(), s.t(), signed) is None  # not contiguous: the torch ops take it
-    assert torch.equal(score_gradient(g.t(), w.t(), s.t(), signed), ref.t())
+    assert torch.equal(kernels.score_grad(g.t(), w.t(), s.t(), signed), ref.t())  # dense, other strides
+    assert kernels.score_grad(g[:, ::2], w[:, ::2], s[:, ::2], signed) is None  # gaps: the torch ops take it
+    assert torch.equal(score_gradient(g[:, ::2], w[:, ::2], s[:, ::2], signed), ref[:, ::2])
 
 
 @pytest.fixture(params=["avx512", "avx2", "default"])
@@ -203,6 +224,35 @@ def test_the_fused_step_equals_the_python_path(ext, shape):
     assert torch.equal(ma.current_mask(), mb.current_mask())
     if shape[0] * shape[1] >= 4096:
         assert ma.select.hits > 30  # the fused step took most steps inside the band
+
+
+def test_the_fused_step_on_a_channels_last_conv_equals_the_python_path(ext):
+    convs = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(32, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+        conv.weight.requires_grad_(False)
+        sm = ScoreMask(conv.weight.shape, 0.5)
+        with torch.no_grad():
+            sm.scores.copy_(torch.round(torch.randn(sm.scores.shape) * 4) / 4)  # ties at the threshold
+        sm.to(memory_format=torch.channels_last)
+        if not fused:
+            sm._fused = None
+        attach(conv, "weight", sm)
+        convs.append(conv)
+    masks_ = [c.parametrizations.weight[0] for c in convs]
+    opts = [torch.optim.SGD([m.scores], lr=0.05, momentum=0.9) for m in masks_]
+    gen = torch.Generator().manual_seed(2)
+    for step in range(12):
+        x = torch.randn(4, 32, 8, 8, generator=gen).contiguous(memory_format=torch.channels_last)
+        outs = [c(x) for c in convs]
+        assert torch.equal(outs[0], outs[1]) and torch.equal(masks_[0].mask, masks_[1].mask), step
+        for o, opt in zip(outs, opts, strict=True):
+            opt.zero_grad()
+            o.square().sum().backward()
+            opt.step()
+        assert torch.equal(masks_[0].scores.grad, masks_[1].scores.grad), step
+    assert masks_[0].select.hits > 5  # the fused step took the steps after the first
 
 
 def test_a_mask_set_after_the_first_selection_stands_until_the_scores_change(ext):

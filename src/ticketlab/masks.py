@@ -409,7 +409,11 @@ def attach_score_masks(model: nn.Module, layers: list[tuple[str, nn.Module]], sp
         names = ["weight"] + (["bias"] if include_bias and getattr(layer, "bias", None) is not None else [])
         in_layer = []
         for tname in names:
-            sm = mask_class(getattr(layer, tname).shape, sparsity, rank).to(getattr(layer, tname).device)
+            tensor = getattr(layer, tname)
+            sm = mask_class(tensor.shape, sparsity, rank).to(tensor.device)
+            if not tensor.is_contiguous() and tensor.dim() == 4 and tensor.is_contiguous(
+                    memory_format=torch.channels_last):
+                sm.to(memory_format=torch.channels_last)  # scores and mask in the weight's layout (the fused step)
             attach(layer, tname, sm)
             in_layer.append(sm)
         if scope == "layerwise" and len(in_layer) > 1:

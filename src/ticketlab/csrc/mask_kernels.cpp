@@ -31,6 +31,26 @@ bool fits(const torch::Tensor& t, int64_t n) {
   return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n;
 }
 
+// Whether an elementwise kernel can take the tensor alongside `like`: a float32 CPU tensor of like's sizes and
+// strides whose entries fill one block of memory (contiguous, or channels-last). The kernels then walk the
+// memory in order; where order matters (ties at the threshold), positions are mapped back to flat row-major
+// indices (flat_index), so the result is the one of the contiguous tensor.
+bool fits_like(const torch::Tensor& t, const torch::Tensor& like) {
+  return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.sizes() == like.sizes() &&
+         t.strides() == like.strides() && t.is_non_overlapping_and_dense();
+}
+
+// The row-major flat index of the entry at memory offset `offset` of a tensor for which fits_like holds.
+int64_t flat_index(const torch::Tensor& t, int64_t offset) {
+  if (t.is_contiguous()) return offset;
+  int64_t flat = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    const int64_t size = t.size(d);
+    flat = flat * size + (size == 1 ? 0 : (offset / t.stride(d)) % size);
+  }
+  return flat;
+}
+
 constexpr double kUnfit = 3.0;
 
 // The hot loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load time by the CPU
@@ -235,7 +255,8 @@ std::vector<double> band_select(const torch::Tensor& s, bool absval, double lo, 
                                 bool incremental) {
   const int64_t n = s.numel();
   const bool fused = weight.defined() && weight.numel() > 0;
-  if (!fits(s, n) || !fits(mask, n) || (fused && (!fits(weight, n) || !fits(product, n))) || k < 1 || k >= n) {
+  if (!fits_like(s, s) || !fits_like(mask, s) || (fused && (!fits_like(weight, s) || !fits_like(product, s))) ||
+      k < 1 || k >= n) {
     return {kUnfit, 0.0, 0.0, NAN};
   }
   const float* p = s.data_ptr<float>();
@@ -314,14 +335,16 @@ std::vector<double> band_select(const torch::Tensor& s, bool absval, double lo, 
                    [](const auto& x, const auto& y) { return x.first > y.first; });
   const float v = band[need - 1].first;
   int64_t gt = 0;
-  std::vector<int64_t> ties;
+  std::vector<int64_t> ties;  // flat indices of the entries equal to v
   for (const auto& e : band) {
     if (e.first > v) ++gt;
-    else if (e.first == v) ties.push_back(e.second);
+    else if (e.first == v) ties.push_back(flat_index(s, e.second));
   }
   std::sort(ties.begin(), ties.end());
-  const int64_t last_tie = need > gt ? ties[need - gt - 1] : -1;  // ties kept: index <= last_tie
-  for (const auto& e : band) set(e.second, (e.first > v || (e.first == v && e.second <= last_tie)) ? 1.0f : 0.0f);
+  const int64_t last_tie = need > gt ? ties[need - gt - 1] : -1;  // ties kept: flat index <= last_tie
+  for (const auto& e : band) {
+    set(e.second, (e.first > v || (e.first == v && flat_index(s, e.second) <= last_tie)) ? 1.0f : 0.0f);
+  }
   return {0.0, static_cast<double>(above), static_cast<double>(nband), static_cast<double>(v)};
 }
 
@@ -482,8 +505,8 @@ std::vector<int64_t> shrink_kept(const std::vector<torch::Tensor>& w, const std:
 // Straight-through score gradient dL/dS = g * w (* sign(s) for the |S| key), one pass; None for unfit tensors.
 torch::Tensor score_grad(const torch::Tensor& g, const torch::Tensor& w, const torch::Tensor& s, bool signed_key) {
   const int64_t n = s.numel();
-  if (!fits(g, n) || !fits(w, n) || !fits(s, n)) return torch::Tensor();  // None: use the torch ops
-  auto out = torch::empty_like(s);
+  if (!fits_like(s, s) || !fits_like(g, s) || !fits_like(w, s)) return torch::Tensor();  // None: use the torch ops
+  auto out = torch::empty_like(s);  // the same strides as s
   const float* pg = g.data_ptr<float>();
   const float* pw = w.data_ptr<float>();
   const float* ps = s.data_ptr<float>();
@@ -517,8 +540,8 @@ struct ScoreSTE : public torch::autograd::Function<ScoreSTE> {
       const int64_t n = s.numel();
       // The incoming gradient is overwritten when nothing else can see it: two references (the engine's list
       // and this function's copy of it), one tensor on its storage, no graph of its own (create_graph).
-      if (fits(g, n) && fits(w, n) && fits(s, n) && g.use_count() == 2 && g.storage().use_count() == 2 &&
-          !g.requires_grad() && g.sizes() == s.sizes()) {
+      if (fits_like(s, s) && fits_like(g, s) && fits_like(w, s) && g.use_count() == 2 &&
+          g.storage().use_count() == 2 && !g.requires_grad()) {
         float* pg = g.data_ptr<float>();
         const float* pw = w.data_ptr<float>();
         const float* ps = s.data_ptr<float>();
@@ -604,12 +627,15 @@ struct MaskedWeight {
   c10::optional<torch::Tensor> forward(BandState& band, const torch::Tensor& weight, const torch::Tensor& scores,
                                        torch::Tensor mask, int64_t k) {
     const int64_t n = scores.numel();
-    if (!fits(scores, n) || !fits(weight, n) || !fits(mask, n) || k < 1 || k >= n) return c10::nullopt;
+    if (!fits_like(scores, scores) || !fits_like(weight, scores) || !fits_like(mask, scores) || k < 1 || k >= n ||
+        (n < 4096 && !scores.is_contiguous())) {
+      return c10::nullopt;
+    }
     const bool current = product_current(weight, mask);
     const bool same_scores = selected(scores, k);
     if (current && same_scores) return ScoreSTE::apply(weight, scores, mask, product, true, absval);
     if (!same_scores && n >= 4096 && !(band.w > 0.0 && std::isfinite(band.t))) return c10::nullopt;
-    if (!current) product = torch::empty_like(weight, torch::MemoryFormat::Contiguous);
+    if (!current) product = torch::empty_like(weight);  // weight's strides (contiguous or channels-last)
     product.unsafeGetTensorImpl()->bump_version();
     if (same_scores) {  // the mask stands (it was set or loaded since): only the product is redone
       const float* w = weight.data_ptr<float>();
