@@ -104,8 +104,10 @@ def band_select(scores: Tensor, absval: bool, lo: float, hi: float, k: int, out:
     Returns:
         ``None`` when the kernels are not built; else ``(status, n_above, n_band, v)``: status 0 = ``out``
         (and ``product``) hold the result, 1 = the band missed the k-th largest (``out`` and ``product``
-        are partial; select over everything), 2 = NaN keys (partial too), 3 = a tensor is not a contiguous
-        float32 CPU tensor of ``n`` entries, or ``k`` is outside ``[1, n)`` (nothing written).
+        are partial; select over everything), 2 = NaN keys (partial too), 3 = a tensor is not a dense
+        (contiguous or channels-last) float32 CPU tensor with the scores' sizes and strides, or ``k`` is
+        outside ``[1, n)`` (nothing written). Dense tensors of other layouts are walked in memory order; ties
+        are still kept lowest row-major flat index first.
 
     Source: the top-k of edge-popup (Ramanujan et al. 2020, Algorithm 1), exact with lowest-index ties.
     """
@@ -179,11 +181,12 @@ def masked_weight(absval: bool) -> Any | None:
     into ``mask``, with ``weight * mask`` kept between calls and updated only where the mask changes; then
     the masked weight with the straight-through gradient (:func:`ticketlab.masks.straight_through`, as a C++
     autograd node). It returns ``None`` when the Python path must take the step: a tensor that is not a
-    contiguous float32 CPU tensor of the scores' size, ``k`` outside ``[1, n)``, no band yet, a band miss,
-    NaN scores. Writes bump the version counters of ``mask`` and of the kept product, so an autograd graph
-    that saved the old values raises instead of using new ones. ``selected(scores, k)`` says whether the
-    mask already is the top-``k`` of these scores (same storage and version); ``adopt(scores, k)`` records
-    that the Python path just made it so, ``forget()`` that it is not.
+    dense float32 CPU tensor with the scores' sizes and strides (small tensors: contiguous), ``k`` outside
+    ``[1, n)``, no band yet, a band miss, NaN scores. Writes bump the version counters of ``mask`` and of
+    the kept product, so an autograd graph that saved the old values raises instead of using new ones.
+    ``selected(scores, k)`` says whether the mask already is the top-``k`` of these scores (same storage
+    and version); ``adopt(scores, k)`` records that the Python path just made it so, ``forget()`` that it
+    is not.
 
     Source: edge-popup's forward (Ramanujan et al. 2020, Algorithm 1), exact top-k with lowest-index ties.
     """
@@ -193,8 +196,8 @@ def masked_weight(absval: bool) -> Any | None:
 
 def score_grad(grad: Tensor, weight: Tensor, scores: Tensor, signed: bool) -> Tensor | None:
     """``grad * weight * sign(scores)`` (``signed``) or ``grad * weight`` in one pass (shape of ``scores``), or
-    ``None`` when the kernels are not built or a tensor is not a contiguous CPU float32 tensor of the
-    scores' size.
+    ``None`` when the kernels are not built or a tensor is not a dense CPU float32 tensor with the scores'
+    sizes and strides (the result has those strides too).
 
     Source: Ramanujan et al. 2020, Sec. 3 (straight-through estimator of the top-k).
     """
