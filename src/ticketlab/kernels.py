@@ -204,8 +204,7 @@ def score_grad(grad: Tensor, weight: Tensor, scores: Tensor, signed: bool) -> Te
     ext = native()
     if ext is None:
         return None
-    out = ext.score_grad(grad, weight, scores, signed)
-    return None if out is None else out.view_as(scores)
+    return ext.score_grad(grad, weight, scores, signed)
 
 
 __all__ = ["band_select", "full_select", "masked_weight", "native", "score_grad", "shrink_kept"]

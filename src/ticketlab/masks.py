@@ -76,22 +76,20 @@ class _ScoreSTE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, scores: Tensor, mask: Tensor, signed: bool,  # noqa: D102
-                product: Tensor | None) -> Tensor:
+    def forward(ctx, weight: Tensor, scores: Tensor, mask: Tensor, signed: bool) -> Tensor:  # noqa: D102
         ctx.save_for_backward(weight, scores, mask)
         ctx.signed = signed
-        return product if product is not None else weight * mask
+        return weight * mask
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
         weight, scores, mask = ctx.saved_tensors
         grad_w = grad * mask if ctx.needs_input_grad[0] else None
         grad_s = score_gradient(grad, weight, scores, ctx.signed) if ctx.needs_input_grad[1] else None
-        return grad_w, grad_s, None, None, None
+        return grad_w, grad_s, None, None
 
 
-def straight_through(weight: Tensor, scores: Tensor, mask: Tensor, signed: bool,
-                     product: Tensor | None = None) -> Tensor:
+def straight_through(weight: Tensor, scores: Tensor, mask: Tensor, signed: bool) -> Tensor:
     """``W * m`` whose gradient reaches the scores straight through the top-k (edge-popup).
 
     Args:
@@ -99,13 +97,12 @@ def straight_through(weight: Tensor, scores: Tensor, mask: Tensor, signed: bool,
         scores: its scores (shape of ``weight``).
         mask: the 0/1 mask in force, ``TopK(key(S))`` (shape and dtype of ``weight``).
         signed: the key is ``|S|`` (the score gradient is multiplied by ``sign(S)``).
-        product: ``weight * mask`` when already computed (the fused selection kernel), else ``None``.
 
     Returns:
         ``weight * mask``; backward gives ``dL/dS = dL/dW_eff * W`` (:func:`score_gradient`) and, when the
         weight requires grad, ``dL/dW = dL/dW_eff * m``.
     """
-    return _ScoreSTE.apply(weight, scores, mask, signed, product)
+    return _ScoreSTE.apply(weight, scores, mask, signed)
 
 
 class MaskBase(nn.Module):
@@ -217,39 +214,36 @@ class ScoreMask(MaskBase):
 
     def current_mask(self) -> Tensor:
         """Recompute the mask if the scores changed since the last call, and return it."""
-        self._refresh()
-        return self.mask
-
-    def _refresh(self, weight: Tensor | None = None) -> Tensor | None:
-        """Recompute the mask if the scores changed; returns ``weight * mask`` when the fused kernel computed it."""
         if self.group is not None:
             self.group.refresh()
-            return None
+            return self.mask
         if self._seen == self._stamp() or (self._fused is not None and self._fused.selected(self.scores, self.k)):
-            return None
-        product = None
+            return self.mask
         with torch.no_grad():
             if isinstance(self.select, BandSelector):
-                product = torch.empty_like(weight) if weight is not None and weight.device.type == "cpu" else None
-                if not self.select.fill(self.scores, self.k, self.rank == "abs", self.mask, weight, product):
-                    product = None
+                self.select.fill(self.scores, self.k, self.rank == "abs", self.mask)
             else:
                 self.mask.copy_(self.select(self.key(), self.k, self.rank == "abs"))
-        torch.autograd.graph.increment_version(self.mask)  # the fused path's kept product is stale now
+        torch.autograd.graph.increment_version(self.mask)  # the fused step's kept product is stale now
         self._seen = self._stamp()
         if self._fused is not None:
             self._fused.adopt(self.scores, self.k)
-        return product
+        return self.mask
 
     def forward(self, weight: Tensor) -> Tensor:
-        """Masked weight ``W * m`` (shape of ``weight``) with the straight-through gradient."""
+        """Masked weight ``W * m`` (shape of ``weight``) with the straight-through gradient.
+
+        On the CPU the fused step takes it (:func:`ticketlab.kernels.masked_weight`); the steps it declines
+        (first selection, band misses, NaN, other devices, dtypes and layouts) take :meth:`current_mask` and
+        :func:`straight_through`.
+        """
         fused = self._fused
         if fused is not None and weight.is_cpu and self.group is None and type(self.select) is BandSelector:
             out = fused.forward(self.select.state, weight, self.scores, self.mask, self.k)
             if out is not None:
                 return out
-        product = self._refresh(weight)
-        return straight_through(weight, self.scores, self.mask.to(weight.dtype), self.rank == "abs", product)
+        mask = self.current_mask()
+        return straight_through(weight, self.scores, mask.to(weight.dtype), self.rank == "abs")
 
 
 class JointTopK:

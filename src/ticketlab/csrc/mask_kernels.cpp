@@ -204,30 +204,21 @@ bool use_isa(const std::string& name) {
 
 namespace {
 
+// dL/dS = g * w (* sign(s) for the |S| key), as the torch formulation computes it.
+inline float score_grad_of(float g, float w, float s, bool signed_key) {
+  return signed_key ? (g * w) * static_cast<float>((s > 0.0f) - (s < 0.0f)) : g * w;
+}
+
 TL_MULTIVERSION void score_grad_loop(const float* __restrict pg, const float* __restrict pw,
                                      const float* __restrict ps, float* __restrict po, int64_t b, int64_t e,
                                      bool signed_key) {
-  if (signed_key) {
-    for (int64_t i = b; i < e; ++i) {
-      const float sg = static_cast<float>((ps[i] > 0.0f) - (ps[i] < 0.0f));
-      po[i] = (pg[i] * pw[i]) * sg;
-    }
-  } else {
-    for (int64_t i = b; i < e; ++i) po[i] = pg[i] * pw[i];
-  }
+  for (int64_t i = b; i < e; ++i) po[i] = score_grad_of(pg[i], pw[i], ps[i], signed_key);
 }
 
-// The same gradient written over g (the incoming gradient, when nothing else holds it).
+// The same, written over g (a separate loop: with po == pg the restrict loop above would be undefined).
 TL_MULTIVERSION void score_grad_inplace_loop(float* __restrict pg, const float* __restrict pw,
                                              const float* __restrict ps, int64_t b, int64_t e, bool signed_key) {
-  if (signed_key) {
-    for (int64_t i = b; i < e; ++i) {
-      const float sg = static_cast<float>((ps[i] > 0.0f) - (ps[i] < 0.0f));
-      pg[i] = (pg[i] * pw[i]) * sg;
-    }
-  } else {
-    for (int64_t i = b; i < e; ++i) pg[i] = pg[i] * pw[i];
-  }
+  for (int64_t i = b; i < e; ++i) pg[i] = score_grad_of(pg[i], pw[i], ps[i], signed_key);
 }
 
 struct Chunk {
@@ -281,11 +272,11 @@ std::vector<double> band_select(const torch::Tensor& s, bool absval, double lo, 
         const int64_t len = std::min(e - i0, kBlock);
         const float* pb = p + i0;
         float* mb = m + i0;
-        int32_t above = 0, nan = 0;
         if (incremental) {
           scan_changes(pb, mb, len, absval, flo, fhi, i0, sink, &ch.above, &ch.nan);
           continue;
         }
+        int32_t above = 0, nan = 0;
         scan_block(pb, mb, fused ? w + i0 : nullptr, fused ? o + i0 : nullptr, flag, len, absval, flo, fhi,
                    &above, &nan);
         ch.above += above;
@@ -502,16 +493,24 @@ std::vector<int64_t> shrink_kept(const std::vector<torch::Tensor>& w, const std:
   return out;
 }
 
-// Straight-through score gradient dL/dS = g * w (* sign(s) for the |S| key), one pass; None for unfit tensors.
-torch::Tensor score_grad(const torch::Tensor& g, const torch::Tensor& w, const torch::Tensor& s, bool signed_key) {
-  const int64_t n = s.numel();
-  if (!fits_like(s, s) || !fits_like(g, s) || !fits_like(w, s)) return torch::Tensor();  // None: use the torch ops
-  auto out = torch::empty_like(s);  // the same strides as s
-  const float* pg = g.data_ptr<float>();
+// Straight-through score gradient dL/dS = g * w (* sign(s) for the |S| key), one pass, with s's sizes and
+// strides; written over g when `overwrite`. None (undefined) for unfit tensors: the caller uses the torch ops.
+torch::Tensor score_grad(const torch::Tensor& g, const torch::Tensor& w, const torch::Tensor& s, bool signed_key,
+                         bool overwrite = false) {
+  if (!fits_like(s, s) || !fits_like(g, s) || !fits_like(w, s)) return torch::Tensor();
   const float* pw = w.data_ptr<float>();
   const float* ps = s.data_ptr<float>();
+  if (overwrite) {
+    float* pg = g.data_ptr<float>();
+    at::parallel_for(0, s.numel(), 1 << 15,
+                     [&](int64_t b, int64_t e) { score_grad_inplace_loop(pg, pw, ps, b, e, signed_key); });
+    return g;
+  }
+  auto out = torch::empty_like(s);  // the same strides as s
+  const float* pg = g.data_ptr<float>();
   float* po = out.data_ptr<float>();
-  at::parallel_for(0, n, 1 << 15, [&](int64_t b, int64_t e) { score_grad_loop(pg, pw, ps, po, b, e, signed_key); });
+  at::parallel_for(0, s.numel(), 1 << 15,
+                   [&](int64_t b, int64_t e) { score_grad_loop(pg, pw, ps, po, b, e, signed_key); });
   return out;
 }
 
@@ -537,26 +536,13 @@ struct ScoreSTE : public torch::autograd::Function<ScoreSTE> {
     torch::Tensor gw, gs;
     if (ctx->needs_input_grad(0)) gw = g * m;
     if (ctx->needs_input_grad(1)) {
-      const int64_t n = s.numel();
       // The incoming gradient is overwritten when nothing else can see it: two references (the engine's list
       // and this function's copy of it), one tensor on its storage, no graph of its own (create_graph).
-      if (fits_like(s, s) && fits_like(g, s) && fits_like(w, s) && g.use_count() == 2 &&
-          g.storage().use_count() == 2 && !g.requires_grad()) {
-        float* pg = g.data_ptr<float>();
-        const float* pw = w.data_ptr<float>();
-        const float* ps = s.data_ptr<float>();
-        at::parallel_for(0, n, 1 << 15, [&](int64_t b, int64_t e) {
-          score_grad_inplace_loop(pg, pw, ps, b, e, signed_key);
-        });
-        gs = g;
-      } else {
-        gs = score_grad(g, w, s, signed_key);
-        if (!gs.defined()) {
-          gs = g * w;
-          if (signed_key) gs.mul_(torch::sign(s));
-        } else {
-          gs = gs.view_as(s);
-        }
+      const bool overwrite = g.use_count() == 2 && g.storage().use_count() == 2 && !g.requires_grad();
+      gs = score_grad(g, w, s, signed_key, overwrite);
+      if (!gs.defined()) {
+        gs = g * w;
+        if (signed_key) gs.mul_(torch::sign(s));
       }
     }
     return {gw, gs, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
@@ -624,6 +610,24 @@ struct MaskedWeight {
     weight_version = -1;
   }
 
+  // product = weight * mask over the whole tensor, and remember what it was made of.
+  void remake_product(const torch::Tensor& weight, const torch::Tensor& mask) {
+    const float* w = weight.data_ptr<float>();
+    const float* m = mask.data_ptr<float>();
+    float* o = product.data_ptr<float>();
+    at::parallel_for(0, weight.numel(), 1 << 15, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) o[i] = w[i] * m[i];
+    });
+    remember_product(weight, mask);
+  }
+
+  void remember_product(const torch::Tensor& weight, const torch::Tensor& mask) {
+    weight_at = address_of(weight);
+    weight_version = version_of(weight);
+    mask_at = address_of(mask);
+    mask_version = version_of(mask);
+  }
+
   c10::optional<torch::Tensor> forward(BandState& band, const torch::Tensor& weight, const torch::Tensor& scores,
                                        torch::Tensor mask, int64_t k) {
     const int64_t n = scores.numel();
@@ -638,16 +642,7 @@ struct MaskedWeight {
     if (!current) product = torch::empty_like(weight);  // weight's strides (contiguous or channels-last)
     product.unsafeGetTensorImpl()->bump_version();
     if (same_scores) {  // the mask stands (it was set or loaded since): only the product is redone
-      const float* w = weight.data_ptr<float>();
-      const float* m = mask.data_ptr<float>();
-      float* o = product.data_ptr<float>();
-      at::parallel_for(0, n, 1 << 15, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) o[i] = w[i] * m[i];
-      });
-      weight_at = address_of(weight);
-      weight_version = version_of(weight);
-      mask_at = address_of(mask);
-      mask_version = version_of(mask);
+      remake_product(weight, mask);
       return ScoreSTE::apply(weight, scores, mask, product, true, absval);
     }
     mask.unsafeGetTensorImpl()->bump_version();
@@ -656,10 +651,7 @@ struct MaskedWeight {
         forget();
         return c10::nullopt;
       }
-      const float* w = weight.data_ptr<float>();
-      const float* m = mask.data_ptr<float>();
-      float* o = product.data_ptr<float>();
-      for (int64_t i = 0; i < n; ++i) o[i] = w[i] * m[i];
+      remake_product(weight, mask);
     } else {
       const auto r = band_select(scores, absval, band.t - band.w, band.t + band.w, k, mask, weight, product, current);
       if (r[0] != 0.0) {
@@ -668,14 +660,9 @@ struct MaskedWeight {
       }
       band.update(r[3], static_cast<int64_t>(r[2]), n);
       band.hits += 1;
+      remember_product(weight, mask);
     }
-    scores_at = address_of(scores);
-    scores_version = version_of(scores);
-    k_at = k;
-    weight_at = address_of(weight);
-    weight_version = version_of(weight);
-    mask_at = address_of(mask);
-    mask_version = version_of(mask);
+    adopt(scores, k);
     return ScoreSTE::apply(weight, scores, mask, product, true, absval);
   }
 };
@@ -684,7 +671,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("band_select", &band_select, "exact top-k inside a band around the last threshold");
   mod.def("shrink_kept", &shrink_kept, "one global top-k round among the kept entries");
   mod.def("full_select", &full_select, "exact top-k by nth_element");
-  mod.def("score_grad", &score_grad, "straight-through score gradient");
+  mod.def(
+      "score_grad",
+      [](const torch::Tensor& g, const torch::Tensor& w, const torch::Tensor& s, bool signed_key) {
+        return score_grad(g, w, s, signed_key);
+      },
+      "straight-through score gradient");
   mod.def("use_isa", &use_isa, "pick the incremental pass: avx512, avx2, default or best");
   py::class_<BandState>(mod, "BandState")
       .def(py::init<>())
