@@ -336,26 +336,30 @@ def _shrink_case(seed: int, tied: bool):
     return ws, gs, kept
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("tied", [False, True])
-def test_shrink_kept_equals_shrink_global(ext, tied):
+def test_shrink_kept_equals_shrink_global(ext, tied, dtype):
     ws, gs, kept = _shrink_case(7, tied)
+    ws, gs = [w.to(dtype) for w in ws], [g.to(dtype) for g in gs]
     n_kept = sum(len(i) for i in kept)
     for total in (1, n_kept // 3, n_kept // 2, n_kept):
         masks = [torch.zeros(w.numel()) for w in ws]
         for m, i in zip(masks, kept, strict=True):
             m[i] = 1.0
-        ref = shrink_global([(g.reshape(-1)[i] * w.reshape(-1)[i]).abs() for w, g, i in zip(ws, gs, kept, strict=True)],
-                            kept, total)
-        status, new = kernels.shrink_kept(ws, gs, [i.clone() for i in kept], masks, total)
+        ref = shrink_global([(g.reshape(-1)[i] * w.reshape(-1)[i]).abs().float()
+                             for w, g, i in zip(ws, gs, kept, strict=True)], kept, total)
+        folded = [w * m.view_as(w).to(dtype) for w, m in zip(ws, masks, strict=True)]  # weights with the masks folded in
+        status, new = kernels.shrink_kept(folded, gs, [i.clone() for i in kept], masks, total, zero_weights=True)
         if ref is None:  # the torch path declines (zero scores at the threshold): so must the kernel
             assert status == 1
             continue
         assert status == 0
-        for (ref_kept, _), got, m in zip(ref, new, masks, strict=True):
+        for (ref_kept, _), got, m, w, f in zip(ref, new, masks, ws, folded, strict=True):
             assert torch.equal(got, ref_kept)
             expect = torch.zeros_like(m)
             expect[ref_kept] = 1.0
             assert torch.equal(m, expect)
+            assert torch.equal(f, w * m.view_as(w).to(dtype))  # zeroed exactly where the mask was
 
 
 def test_shrink_kept_declines_zero_thresholds_and_nan(ext):

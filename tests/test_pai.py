@@ -120,6 +120,52 @@ def test_synflow_scores_closed_form_and_conservation():
     assert torch.equal(net[0].parametrizations.weight.original, W1)  # signs restored
 
 
+@pytest.mark.parametrize("double", [False, True])
+def test_synflow_folded_masks_score_like_the_masked_product(double):
+    """Scoring through the weights with the masks folded in gives the scores of ``W * m`` bit for bit, also
+    when a mask grows back between rounds; weights and masks' products are as before afterwards."""
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(16, 12), (16,), (5, 16), (5,)]
+    first = [torch.rand(sh, generator=gen) > 0.5 for sh in shapes]
+    patterns = [first, [m | (torch.rand(m.shape, generator=gen) > 0.5) for m in first],  # some entries grow back
+                [m & (torch.rand(m.shape, generator=gen) > 0.3) for m in first]]
+    ctx = ctx_with([], input_shape=(12,))
+    results = []
+    for fold in (False, True):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 5)).eval()
+        with torch.no_grad():
+            net[1].weight.uniform_(-1, 1)
+            net[1].running_mean.uniform_(-1, 1)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        pruner = build_pruner(SynflowConfig(double=double, prune_bias=True))
+        pruner.fold_masks = fold
+        pruner.attach(net, ctx)
+        pruner.begin_scoring(net, ctx)
+        assert all(fm.folded == fold for fm in pruner.masks)
+        try:
+            out = []
+            for pattern in patterns:
+                for fm, m in zip(pruner.masks, pattern, strict=True):
+                    fm.mask.copy_(m)
+                out.append(pruner.score(net, pruner.weights, ctx))
+        finally:
+            pruner.end_scoring(net)
+        results.append(out)
+        assert not any(fm.folded for fm in pruner.masks)
+        after = {k.replace(".parametrizations.weight.original", ".weight")
+                  .replace(".parametrizations.bias.original", ".bias"): v for k, v in net.state_dict().items()
+                 if not k.endswith(".mask")}
+        assert all(torch.equal(after[k], v) for k, v in before.items())  # values, signs and dtype restored
+        x = torch.randn(3, 12, generator=gen)
+        m0, w0 = pruner.masks[0].mask, before["0.weight"]
+        assert torch.allclose(net[0](x), x @ (w0 * m0).T + before["0.bias"] * pruner.masks[1].mask)  # W * m again
+    for pattern, folded, plain in zip(patterns, results[1], results[0], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(folded, plain, strict=True))
+        assert all((s[~m] == 0).all() for s, m in zip(folded, pattern, strict=True))
+        assert all((s[m] > 0).any() for s, m in zip(folded, pattern, strict=True))
+
+
 def test_synflow_ignores_the_data():
     (a1, a2), _ = scores_of(SynflowConfig(), batches=[(X, Y)])
     (b1, b2), _ = scores_of(SynflowConfig(), batches=[(torch.randn(3, 3).double(), Y)])
@@ -532,21 +578,22 @@ def test_synflow_fast_rounds_give_the_masks_of_full_selection(monkeypatch):
     from ticketlab.models import build_model
 
     results, sparsity = [], 0.999
-    for fast in (True, False):
+    for fast, fold in ((True, True), (False, True), (True, False)):
         model = build_model(ModelConfig(name="vgg11", width_mult=0.125, batch_norm=True, bn_affine=True),
                             (3, 32, 32), 10)
         init_weights(model, InitConfig(name="kaiming_normal"), 0)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         pruner = build_pruner(SynflowConfig(sparsity=sparsity, iterations=20))
         pruner.zero_outside_mask = fast
+        pruner.fold_masks = fold
         pruner.prepare(model, PruneContext(0, InitConfig(name="kaiming_normal"), CPU,
                                            DataBundle("shape", [], [], (3, 32, 32), 10, 0, 0), 0))
         results.append([fm.mask.clone() for fm in pruner.masks])
         restored = {k.replace(".parametrizations.weight.original", ".weight"): v
                     for k, v in model.state_dict().items() if not k.endswith(".mask")}
         assert all(torch.equal(restored[k], v) for k, v in before.items())  # signs and values restored
-    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
-    assert len(fast_rounds) == 19 and all(r is not None for r in fast_rounds)  # rounds 2..20 took the fast path
+    assert all(torch.equal(a, b) for r in results[1:] for a, b in zip(results[0], r, strict=True))
+    assert len(fast_rounds) == 38 and all(r is not None for r in fast_rounds)  # rounds 2..20 took the fast path
     total = sum(m.numel() for m in results[0])
     assert sum(int(m.sum()) for m in results[0]) == nk_total(total, sparsity)
 

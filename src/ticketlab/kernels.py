@@ -142,19 +142,22 @@ def full_select(scores: Tensor, absval: bool, k: int, out: Tensor) -> tuple[int,
 
 
 def shrink_kept(weights: list[Tensor], grads: list[Tensor], kept: list[Tensor], masks: list[Tensor],
-                total: int) -> tuple[int, list[Tensor]] | None:
+                total: int, zero_weights: bool = False) -> tuple[int, list[Tensor]] | None:
     """One global top-``total`` round among the kept entries of several tensors, scored ``|w * g|`` (SynFlow).
 
     The same result as :func:`ticketlab.pruners.pai.shrink_global` on the scores ``|g[i] * w[i]|`` (rounded to
     float32) of the kept entries: ties at the threshold are kept lowest position first (tensor order, then
-    index). The kernel zeroes ``masks[t]`` at the dropped entries itself and moves the kept indices to the
-    front of ``kept[t]``.
+    index). The kernel zeroes ``masks[t]`` at the dropped entries itself (and ``weights[t]`` with
+    ``zero_weights``: weights that hold their masks folded in stay so) and moves the kept indices to the front
+    of ``kept[t]``; the version counters of what it writes are bumped.
 
     Args:
-        weights, grads: per tensor, float32 or float64, contiguous, ``n_t`` entries each (any shape).
+        weights, grads: per tensor, float32 or float64, contiguous, ``n_t`` entries each (any shape); ``weights``
+            written in place with ``zero_weights``.
         kept: per tensor, the ascending flat indices kept so far (int64, 1-D, contiguous; reordered in place).
         masks: per tensor, the float32 mask (``n_t`` entries, contiguous), written in place.
         total: entries to keep in all.
+        zero_weights: also zero ``weights[t]`` where the mask is zeroed.
 
     Returns:
         ``None`` when the kernels are not built; else ``(status, kept)``: status 0 = done, ``kept`` the new
@@ -166,7 +169,7 @@ def shrink_kept(weights: list[Tensor], grads: list[Tensor], kept: list[Tensor], 
     ext = native()
     if ext is None:
         return None
-    r = ext.shrink_kept(weights, grads, kept, masks, int(total))
+    r = ext.shrink_kept(weights, grads, kept, masks, int(total), bool(zero_weights))
     if r[0] != 0:
         return int(r[0]), []
     return 0, [i[:n] for i, n in zip(kept, r[1:], strict=True)]

@@ -128,18 +128,27 @@ class FixedMask(MaskBase):
 
     Args:
         mask: bool or 0/1 tensor of the masked tensor's shape.
+
+    Attribute ``folded`` (default ``False``, not saved): the mask is already folded into the weight (the
+    weight is 0 wherever the mask is), so the forward passes the weight through: the same values without the
+    product, and gradients that reach the weight unmasked. A scoring loop that keeps that invariant may set
+    it for its duration (SynFlow's rounds do).
     """
+
+    folded = False
 
     def __init__(self, mask: Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask.detach().to(torch.float32).clone())
 
     def forward(self, weight: Tensor) -> Tensor:
-        """``weight * mask``; shapes must match.
+        """``weight * mask`` (``weight`` itself when ``folded``); shapes must match.
 
         Raises:
             RuntimeError: if the shapes do not broadcast (torch's own message).
         """
+        if self.folded:
+            return weight
         return weight * self.mask.to(weight.dtype)
 
 

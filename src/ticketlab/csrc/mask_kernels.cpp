@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -373,26 +374,15 @@ std::vector<double> full_select(const torch::Tensor& s, bool absval, int64_t k, 
 // SNIP): every other entry scores exactly 0 and stays pruned. For tensor t, idx[t] holds the ascending flat
 // indices of its kept entries; their score is |w[i] * g[i]| (in the tensors' dtype, then rounded to
 // float32, as the torch formulation does). The `total` best-scored entries stay kept, ties at the threshold
-// lowest position first (tensor order, then index); the kernel zeroes mask[t] at the dropped entries and
+// lowest position first (tensor order, then index); the kernel zeroes mask[t] (and w[t], with zero_weights:
+// SynFlow's weights with the masks folded in) at the dropped entries, bumping their version counters, and
 // moves the kept indices to the front of idx[t].
 // Returns {status, kept_0, kept_1, ...}: status 0 = done; 1 = the threshold is 0 or there are fewer kept
 // entries than `total` (the answer would involve pruned entries: select over everything instead, nothing
 // written); 2 = NaN scores (nothing written); 3 = unfit tensors (nothing written).
-template <typename T>
-void gather_scores(const torch::Tensor& w, const torch::Tensor& g, const torch::Tensor& idx, float* out) {
-  const T* pw = w.data_ptr<T>();
-  const T* pg = g.data_ptr<T>();
-  const int64_t* pi = idx.data_ptr<int64_t>();
-  at::parallel_for(0, idx.numel(), 1 << 14, [&](int64_t b, int64_t e) {
-    for (int64_t j = b; j < e; ++j) {
-      const int64_t i = pi[j];
-      out[j] = static_cast<float>(std::abs(pg[i] * pw[i]));
-    }
-  });
-}
-
 std::vector<int64_t> shrink_kept(const std::vector<torch::Tensor>& w, const std::vector<torch::Tensor>& g,
-                                 std::vector<torch::Tensor> idx, std::vector<torch::Tensor> mask, int64_t total) {
+                                 std::vector<torch::Tensor> idx, std::vector<torch::Tensor> mask, int64_t total,
+                                 bool zero_weights) {
   const size_t nt = w.size();
   if (g.size() != nt || idx.size() != nt || mask.size() != nt || nt == 0) return {3};
   std::vector<int64_t> offset(nt + 1, 0);
@@ -408,15 +398,13 @@ std::vector<int64_t> shrink_kept(const std::vector<torch::Tensor>& w, const std:
   }
   const int64_t n_kept = offset[nt];
   if (total < 1 || total > n_kept) return {1};
-  std::vector<float> score(n_kept);
-  for (size_t t = 0; t < nt; ++t) {
-    if (w[t].scalar_type() == at::kFloat) gather_scores<float>(w[t], g[t], idx[t], score.data() + offset[t]);
-    else gather_scores<double>(w[t], g[t], idx[t], score.data() + offset[t]);
-  }
-  // k-th largest by a radix pass on the top 16 bits (non-negative floats order like their bit patterns),
-  // then nth_element inside the one bin that holds it; per-thread histograms
+  // the scores, tensor after tensor, and a histogram of their top 16 bits per chunk, in one parallel pass;
+  // then the k-th largest: the bin that holds it (non-negative floats order like their bit patterns), and
+  // nth_element among that bin's entries
+  std::unique_ptr<float[]> score(new float[n_kept]);
   constexpr int kBins = 1 << 16;
   const int64_t nchunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_kept / (1 << 16)));
+  auto chunk_begin = [&](int64_t c) { return n_kept * c / nchunks; };
   std::vector<std::vector<int32_t>> hists(nchunks);
   std::vector<int64_t> nans(nchunks, 0);
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
@@ -424,11 +412,25 @@ std::vector<int64_t> shrink_kept(const std::vector<torch::Tensor>& w, const std:
       auto& h = hists[c];
       h.assign(kBins, 0);
       int64_t nan = 0;
-      for (int64_t j = n_kept * c / nchunks, e = n_kept * (c + 1) / nchunks; j < e; ++j) {
-        uint32_t bits;
-        std::memcpy(&bits, &score[j], 4);
-        h[bits >> 16] += 1;
-        nan += score[j] != score[j];
+      const int64_t e = chunk_begin(c + 1);
+      int64_t j = chunk_begin(c);
+      size_t t = std::upper_bound(offset.begin(), offset.end(), j) - offset.begin() - 1;
+      for (; j < e; ++t) {
+        const int64_t stop = std::min(e, offset[t + 1]);
+        const int64_t* pi = idx[t].data_ptr<int64_t>() - offset[t];  // pi[j]: global position j's index
+        auto run = [&](auto* pw, auto* pg) {
+          for (; j < stop; ++j) {
+            const int64_t i = pi[j];
+            const float x = static_cast<float>(std::abs(pg[i] * pw[i]));
+            score[j] = x;
+            uint32_t bits;
+            std::memcpy(&bits, &x, 4);
+            h[bits >> 16] += 1;
+            nan += x != x;
+          }
+        };
+        if (w[t].scalar_type() == at::kFloat) run(w[t].data_ptr<float>(), g[t].data_ptr<float>());
+        else run(w[t].data_ptr<double>(), g[t].data_ptr<double>());
       }
       nans[c] = nan;
     }
@@ -445,13 +447,20 @@ std::vector<int64_t> shrink_kept(const std::vector<torch::Tensor>& w, const std:
     if (above + in_bin >= total) break;
     above += in_bin;
   }
+  std::vector<std::vector<float>> cands(nchunks);
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      cands[c].reserve(hists[c][bin]);
+      for (int64_t j = chunk_begin(c), e = chunk_begin(c + 1); j < e; ++j) {
+        uint32_t bits;
+        std::memcpy(&bits, &score[j], 4);
+        if (static_cast<int>(bits >> 16) == bin) cands[c].push_back(score[j]);
+      }
+    }
+  });
   std::vector<float> cand;
   cand.reserve(in_bin);
-  for (int64_t j = 0; j < n_kept; ++j) {
-    uint32_t bits;
-    std::memcpy(&bits, &score[j], 4);
-    if (static_cast<int>(bits >> 16) == bin) cand.push_back(score[j]);
-  }
+  for (const auto& part : cands) cand.insert(cand.end(), part.begin(), part.end());
   const int64_t need = total - above;
   std::nth_element(cand.begin(), cand.begin() + (need - 1), cand.end(), std::greater<float>());
   const float v = cand[need - 1];
@@ -461,16 +470,28 @@ std::vector<int64_t> shrink_kept(const std::vector<torch::Tensor>& w, const std:
   int64_t equal = 0;
   for (const float x : cand) equal += x == v;
   std::vector<int64_t> out(nt + 1, 0);
+  for (size_t t = 0; t < nt; ++t) {  // every mask (and weight, with zero_weights) is written below
+    mask[t].unsafeGetTensorImpl()->bump_version();
+    if (zero_weights) w[t].unsafeGetTensorImpl()->bump_version();
+  }
+  // drop entry i of tensor t: mask 0, and the weight 0 too with zero_weights
+  auto drop = [&](size_t t, float* pm, int64_t i) {
+    pm[i] = 0.0f;
+    if (zero_weights) {
+      if (w[t].scalar_type() == at::kFloat) w[t].data_ptr<float>()[i] = 0.0f;
+      else w[t].data_ptr<double>()[i] = 0.0;
+    }
+  };
   if (equal == total - gt) {  // every entry equal to v is kept: keep = score >= v, tensors in parallel
     at::parallel_for(0, static_cast<int64_t>(nt), 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         int64_t* pi = idx[t].data_ptr<int64_t>();
         float* pm = mask[t].data_ptr<float>();
-        const float* st = score.data() + offset[t];
+        const float* st = score.get() + offset[t];
         int64_t kept = 0;
         for (int64_t j = 0, m = idx[t].numel(); j < m; ++j) {
           if (st[j] >= v) pi[kept++] = pi[j];
-          else pm[pi[j]] = 0.0f;
+          else drop(t, pm, pi[j]);
         }
         out[t + 1] = kept;
       }
@@ -481,12 +502,12 @@ std::vector<int64_t> shrink_kept(const std::vector<torch::Tensor>& w, const std:
   for (size_t t = 0; t < nt; ++t) {
     int64_t* pi = idx[t].data_ptr<int64_t>();
     float* pm = mask[t].data_ptr<float>();
-    const float* st = score.data() + offset[t];
+    const float* st = score.get() + offset[t];
     int64_t kept = 0;
     for (int64_t j = 0, m = idx[t].numel(); j < m; ++j) {
       const bool keep = st[j] > v || (st[j] == v && ties_left-- > 0);
       if (keep) pi[kept++] = pi[j];
-      else pm[pi[j]] = 0.0f;
+      else drop(t, pm, pi[j]);
     }
     out[t + 1] = kept;
   }

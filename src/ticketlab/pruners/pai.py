@@ -239,14 +239,18 @@ class ScorePruner(Pruner):
         """
         return self._apply_kept(self.score_kept(model, self.weights, ctx, kept), kept, total)
 
-    def _apply_kept(self, kept_scores: list[Tensor], kept: list[Tensor], total: int) -> list[Tensor] | None:
-        """:func:`shrink_global` on the kept entries' scores, applied to the masks (see :meth:`kept_round`)."""
+    def _apply_kept(self, kept_scores: list[Tensor], kept: list[Tensor], total: int,
+                    zero_weights: bool = False) -> list[Tensor] | None:
+        """:func:`shrink_global` on the kept entries' scores, applied to the masks (see :meth:`kept_round`);
+        with ``zero_weights`` the weights are zeroed at the dropped entries too (masks folded into them)."""
         shrunk = shrink_global(kept_scores, kept, total)
         if shrunk is None:
             return None
         with torch.no_grad():
-            for fm, (_, dropped) in zip(self.masks, shrunk, strict=True):
+            for fm, w, (_, dropped) in zip(self.masks, self.weights, shrunk, strict=True):
                 fm.mask.view(-1)[dropped] = 0.0
+                if zero_weights:
+                    w.view(-1)[dropped] = 0.0
         return [k_idx for k_idx, _ in shrunk]
 
     def begin_scoring(self, model: nn.Module, ctx: PruneContext) -> None:

@@ -6,6 +6,11 @@ data's shape goes through the (masked) network in eval mode, ``R = sum(output)``
 ``|W * dR/dW|``; signs are restored afterwards. 100 rounds with the exponential schedule by
 default; ``double=true`` scores in float64 (deep or very sparse networks under/overflow in
 float32, Synaptic-Flow issue #12).
+
+For the rounds the masks are folded into the weights (``W <- |W| * m``, the masks' parametrizations pass
+the weight through, :attr:`ticketlab.masks.FixedMask.folded`): the forward sees the same values, and at the
+kept entries ``dR/dW`` is the same, so the masks are too, without two elementwise products over every masked
+weight per round. The weights' values are kept aside and put back at the end.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ class Synflow(ScorePruner):
 
     zero_outside_mask = True  # dR/dW = dR/dW_eff * m is exactly 0 where m = 0
 
+    #: Score through the weights with the masks folded in (see the module docstring); ``False`` scores through
+    #: ``W * m`` as written in the paper (the same masks, slower).
+    fold_masks = True
+
     def _set_bn_mode(self, model: nn.Module) -> None:
         model.eval()  # SynFlow always scores in eval mode
 
@@ -49,28 +58,54 @@ class Synflow(ScorePruner):
 
     @torch.no_grad()
     def begin_scoring(self, model: nn.Module, ctx: PruneContext) -> None:
-        """Replace every state entry by its absolute value (signs kept), once for all rounds; float64 if asked."""
+        """Replace every state entry by its absolute value (signs kept), once for all rounds; float64 if asked;
+        with :attr:`fold_masks`, keep the masked weights' values aside and let the masks pass them through."""
         if ctx.data is None or ctx.data.input_shape is None:
             raise RuntimeError("synflow needs the input shape (the data bundle)")
         self._signs = {}
         for name, t in self._state(model).items():
             self._signs[name] = torch.signbit(t.data)
             t.data.abs_()
+        fold = self.fold_masks and len(self.masks) == len(self.weights)
+        self._unfolded = [w.detach().clone() for w in self.weights] if fold else []
+        self._folded_at = [-1] * len(self._unfolded)  # the mask version folded into each weight (-1: none yet)
+        for fm in self.masks:
+            fm.folded = fold
         self._dtype = next(model.parameters()).dtype
         if self.cfg.double:
             model.to(torch.float64)
 
     @torch.no_grad()
     def end_scoring(self, model: nn.Module) -> None:
-        """Restore the dtype and the signs."""
+        """Restore the masks' products, the dtype, the masked weights' values and the signs."""
+        for fm in self.masks:
+            fm.folded = False
         model.to(self._dtype)
+        for w, kept_aside in zip(self.weights, self._unfolded, strict=False):
+            w.copy_(kept_aside)
+        self._unfolded = []
         for name, t in self._state(model).items():
             if name in self._signs:
                 t.data[self._signs[name]] *= -1
         self._signs = {}
 
+    @torch.no_grad()
+    def _fold(self) -> None:
+        """``W <- |W| * m`` for every masked weight whose mask changed since it was folded in (the first
+        round, or a round that scored every entry); the kernel's and :meth:`_apply_kept`'s rounds keep it."""
+        for i, (fm, w) in enumerate(zip(self.masks, self.weights, strict=False)):
+            if i < len(self._unfolded) and self._folded_at[i] != fm.mask._version:
+                torch.mul(self._unfolded[i], fm.mask, out=w)
+                self._folded_at[i] = fm.mask._version
+
+    def _note_folded(self) -> None:
+        """The masks and weights were zeroed together: the folded weights are current."""
+        self._folded_at = [fm.mask._version for fm in self.masks[:len(self._unfolded)]]
+
     def _backward(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext) -> None:
         dtype = torch.float64 if self.cfg.double else self._dtype
+        if weights is self.weights:
+            self._fold()
         for w in weights:
             w.requires_grad_(True)
             w.grad = None
@@ -84,16 +119,21 @@ class Synflow(ScorePruner):
             NonFiniteError: NaN scores.
         """
         self._backward(model, self.weights, ctx)
+        folded = bool(self._unfolded)
         with torch.no_grad():
             r = kernels.shrink_kept([w.detach() for w in self.weights], [w.grad for w in self.weights], kept,
-                                    [fm.mask.view(-1) for fm in self.masks], total)
+                                    [fm.mask.view(-1) for fm in self.masks], total, zero_weights=folded)
         if r is not None and r[0] == 0:
+            self._note_folded()
             return r[1]
         if r is not None and r[0] == 1:
             return None
         if r is not None and r[0] == 2:
             raise NonFiniteError("scores", "SynFlow scores hold NaN, which has no rank (try pruner.double=true)")
-        return self._apply_kept(self._kept_scores(self.weights, kept), kept, total)  # the torch ops
+        new = self._apply_kept(self._kept_scores(self.weights, kept), kept, total, zero_weights=folded)  # torch ops
+        if new is not None:
+            self._note_folded()
+        return new
 
     def score_kept(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext,
                    kept: list[Tensor]) -> list[Tensor]:
