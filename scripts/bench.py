@@ -7,7 +7,12 @@
 
 ``bench.what=step`` (default): for the chosen model, data and batch size, the median time of one optimizer
 step (forward, backward, update) of dense training and of edge-popup (TicketLab's selection), taken in
-turns (a dense step, an edge-popup step, again) so both see the same machine, their ratio, the ratio to
+turns (a dense step, an edge-popup step, again, each variant first in its turn) so both see the same
+machine, over ``bench.instances`` identical models per variant (default 1; a convnet's memory placement
+moves its step time by a few percent for the life of the process: two identical Conv-6 models stepped in
+turns differed by up to 3.5 % on a 2-core CPU, so the suite pools 4 there; a small model's instances agree
+within 1 %, but more models in turn evict each other from the CPU caches, which a training run never
+sees: LeNet-300-100 with 4 instances per variant measured 1.27x instead of 1.24x), their ratio, the ratio to
 dense training of edge-popup's masked weights (the same values: the masks' own cost, apart from what the
 values do to the speed of the dense kernels),
 images per second and the projected time of a 100-epoch run (100 x batches per epoch x median step; data
@@ -121,11 +126,13 @@ def make_step(overrides: list[str], batch, device: torch.device, full_sort: bool
 
 def step_times(steps_by_name: dict[str, Callable[[], None]], device: torch.device, steps: int,
                warmup: int) -> dict[str, list[float]]:
-    """Seconds per step of each named step function, taken in turns (one step of each, then again), so that
-    every variant sees the same state of a shared, noisy machine; ``warmup`` rounds are not timed."""
+    """Seconds per step of each named step function, taken in turns (one step of each, then again, each
+    function first in its turn), so that every variant sees the same state of a shared, noisy machine;
+    ``warmup`` rounds are not timed."""
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
+    order = list(steps_by_name.items())
     for i in range(warmup + steps):
-        for name, step in steps_by_name.items():
+        for name, step in order[i % len(order):] + order[:i % len(order)]:  # each variant goes first in turn
             _sync(device)
             t = time.perf_counter()
             step()
@@ -135,8 +142,13 @@ def step_times(steps_by_name: dict[str, Callable[[], None]], device: torch.devic
     return times
 
 
-def bench_step(base: list[str], steps: int, warmup: int, full_sort: bool) -> dict[str, Any]:
-    """Dense vs edge-popup median step for the config ``base`` (overrides) describes (steps taken in turns)."""
+def bench_step(base: list[str], steps: int, warmup: int, full_sort: bool, instances: int = 1) -> dict[str, Any]:
+    """Dense vs edge-popup median step for the config ``base`` (overrides) describes (steps taken in turns).
+
+    Each variant is built ``instances`` times (identical models: the same config and seed) and the median is
+    over the steps of all of them: where a model's buffers land in memory changes its step time by a few
+    percent for the life of the process, which one instance per variant would put into the ratio.
+    """
     rc = resolve(compose(config_name="bench", overrides=base), ("bench",))
     set_threads(rc.trainer.threads)
     device = select_device(rc.trainer.device)
@@ -153,12 +165,20 @@ def bench_step(base: list[str], steps: int, warmup: int, full_sort: bool) -> dic
                            "batches_per_epoch": per_epoch}
     variants = {"dense": keep + ["pruner=dense"], "edge_popup": keep + ["pruner=edge_popup"] +
                 [o for o in base if o.startswith("pruner.")]}
-    fns = {"dense": make_step(variants["dense"], batch, device)[0]}
-    fns["edge_popup"], masked = make_step(variants["edge_popup"], batch, device)
-    fns["same_weights"] = make_step(variants["dense"], batch, device, baked_from=masked)[0]
-    if full_sort:
-        fns["full_sort"] = make_step(variants["edge_popup"], batch, device, full_sort=True)[0]
-    times = step_times(fns, device, steps, warmup)
+    res["instances"] = instances
+    fns = {}
+    for j in range(instances):
+        fns[f"dense#{j}"] = make_step(variants["dense"], batch, device)[0]
+        fns[f"edge_popup#{j}"], masked = make_step(variants["edge_popup"], batch, device)
+        fns[f"same_weights#{j}"] = make_step(variants["dense"], batch, device, baked_from=masked)[0]
+        if full_sort:
+            fns[f"full_sort#{j}"] = make_step(variants["edge_popup"], batch, device, full_sort=True)[0]
+    per_instance = step_times(fns, device, steps, warmup)
+    times: dict[str, list[float]] = {}
+    for key, ts in per_instance.items():
+        name = key.split("#")[0]
+        times.setdefault(name, []).extend(ts)
+        res.setdefault(f"{name}_instances_s", []).append(statistics.median(ts))
     for name in ("dense", "edge_popup", "same_weights"):
         t = statistics.median(times[name])
         res[f"{name}_s"] = t
@@ -176,10 +196,12 @@ def print_step(res: dict[str, Any]) -> None:
     """The step benchmark as lines."""
     flags = [k for k in ("amp", "channels_last", "compile") if res.get(k)]
     print(f"{res['model']} on {res['dataset']}, batch {res['batch_size']}, {res['device']} ({res['threads']} "
-          f"threads{', ' + ', '.join(flags) if flags else ''}), median of {res['steps']} steps:")
+          f"threads{', ' + ', '.join(flags) if flags else ''}), median of {res['steps']} steps x "
+          f"{res['instances']} instance(s) per variant:")
     for name in ("dense", "edge_popup"):
+        each = ", ".join(f"{t * 1e3:.2f}" for t in res[f"{name}_instances_s"])
         print(f"  {name:<11} {res[f'{name}_s'] * 1e3:9.2f} ms  {res[f'{name}_images_per_s']:9.0f} img/s  "
-              f"100 epochs ~ {res[f'{name}_100_epochs_h']:.2f} h")
+              f"100 epochs ~ {res[f'{name}_100_epochs_h']:.2f} h  (instances: {each} ms)")
     print(f"  edge-popup / dense: {res['ratio']:.2f}x")
     print(f"  dense training on edge-popup's masked weights: {res['same_weights_s'] * 1e3:.2f} ms "
           f"(edge-popup / that: {res['mask_ratio']:.2f}x, the masks' own cost)")
@@ -228,12 +250,13 @@ def bench_suite(cfg: DictConfig) -> tuple[dict[str, Any], str]:
     res: dict[str, Any] = {}
     rows = ["| benchmark | threads | dense step | edge-popup step | edge-popup / dense | edge-popup / dense on the "
             "same weights | edge-popup img/s | 100 epochs (edge-popup) |", "|---|---|---|---|---|---|---|---|"]
-    cases = [("lenet300_100 mnist", ["model=lenet300_100", "dataset=mnist"], t, cfg.bench.steps) for t in (1, 2)]
+    cases = [("lenet300_100 mnist", ["model=lenet300_100", "dataset=mnist"], t, cfg.bench.steps, cfg.bench.instances)
+             for t in (1, 2)]
     cases.append(("conv6 cifar10 (channels-last)", ["model=conv6", "dataset=cifar10", "trainer.channels_last=true"],
-                  int(cfg.trainer.threads) or 2, cfg.bench.conv_steps))
-    for label, over, threads, steps in cases:
+                  int(cfg.trainer.threads) or 2, cfg.bench.conv_steps, cfg.bench.conv_instances))
+    for label, over, threads, steps, instances in cases:
         r = bench_step([*over, "dataset.batch_size=128", f"trainer.threads={threads}"], steps, cfg.bench.warmup,
-                       False)
+                       False, instances)
         res[f"{label} {threads}t"] = r
         print_step(r)
         rows.append(f"| {label}, batch 128 | {r['threads']} | {r['dense_s'] * 1e3:.2f} ms | "
@@ -256,6 +279,9 @@ def main(cfg: DictConfig) -> None:
     """Run the benchmark described in the module docstring."""
     from hydra.core.hydra_config import HydraConfig
 
+    for key in ("steps", "conv_steps", "instances", "conv_instances"):
+        if not isinstance(cfg.bench[key], int) or cfg.bench[key] < 1:
+            raise SystemExit(f"bench.{key}={cfg.bench[key]!r} is not allowed; allowed: an integer >= 1.")
     out = hydra_run_dir() / "bench.json"
     if cfg.bench.what == "pai":
         atomic_write_json(out, bench_pai(cfg))
@@ -269,7 +295,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.bench.what != "step":
         raise SystemExit(f"bench.what={cfg.bench.what!r} is not known; allowed: step, pai, suite.")
     base = [o for o in HydraConfig.get().overrides.task if not o.startswith("bench.")]
-    res = bench_step(base, cfg.bench.steps, cfg.bench.warmup, cfg.bench.full_sort)
+    res = bench_step(base, cfg.bench.steps, cfg.bench.warmup, cfg.bench.full_sort, cfg.bench.instances)
     print_step(res)
     atomic_write_json(out, res)
 

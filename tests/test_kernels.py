@@ -349,7 +349,8 @@ def test_shrink_kept_equals_shrink_global(ext, tied, dtype):
         ref = shrink_global([(g.reshape(-1)[i] * w.reshape(-1)[i]).abs().float()
                              for w, g, i in zip(ws, gs, kept, strict=True)], kept, total)
         folded = [w * m.view_as(w).to(dtype) for w, m in zip(ws, masks, strict=True)]  # weights with the masks folded in
-        status, new = kernels.shrink_kept(folded, gs, [i.clone() for i in kept], masks, total, zero_weights=True)
+        status, new = kernels.shrink_kept(folded, gs, [i.clone() for i in kept], masks, total,
+                                          zero_weights=True)
         if ref is None:  # the torch path declines (zero scores at the threshold): so must the kernel
             assert status == 1
             continue
