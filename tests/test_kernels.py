@@ -348,7 +348,7 @@ def test_shrink_kept_equals_shrink_global(ext, tied, dtype):
             m[i] = 1.0
         ref = shrink_global([(g.reshape(-1)[i] * w.reshape(-1)[i]).abs().float()
                              for w, g, i in zip(ws, gs, kept, strict=True)], kept, total)
-        folded = [w * m.view_as(w).to(dtype) for w, m in zip(ws, masks, strict=True)]  # weights with the masks folded in
+        folded = [w * m.view_as(w).to(dtype) for w, m in zip(ws, masks, strict=True)]  # the masks folded in
         status, new = kernels.shrink_kept(folded, gs, [i.clone() for i in kept], masks, total,
                                           zero_weights=True)
         if ref is None:  # the torch path declines (zero scores at the threshold): so must the kernel
