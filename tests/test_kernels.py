@@ -120,19 +120,23 @@ def isa(request, ext):
 
 
 @pytest.mark.parametrize("kind", ["random", "tied", "clamped"])
-def test_band_selector_fill_follows_training_like_updates_exactly(isa, kind):
-    """``fill`` (the kernel path) over drifting, jumping and re-sized selections, updating the mask and the
-    masked weight in place from the last step's whenever it can: always a plain sort's mask, and W * m."""
+def test_fused_step_follows_training_like_updates_exactly(isa, kind):
+    """The fused step (:func:`kernels.masked_weight`, updating the mask and the kept masked weight in place from
+    the last step's whenever the band holds) with the Python path taking the steps it declines, as
+    :class:`ScoreMask` does, over drifting, jumping and re-sized selections: always a plain sort's mask, and
+    W * m."""
     gen = torch.Generator().manual_seed(6)
     w = torch.randn(50_000, generator=gen)
-    select = BandSelector()
-    mask, product = torch.empty_like(w), torch.empty_like(w)
-    current = False
+    select, fused = BandSelector(), kernels.masked_weight(True)
+    mask = torch.empty_like(w)
     for step, s, k in drifting(kind, gen, select):
-        current = select.fill(s, k, True, mask, w, product, incremental=current)
+        product = fused.forward(select.state, w, s, mask, k)
+        if product is None:  # declined (no band yet, a miss): the Python path selects, the fused step adopts
+            select.fill(s, k, True, mask)
+            fused.adopt(s, k)
+            product = fused.forward(select.state, w, s, mask, k)  # the mask stands: only W * m is redone
         assert torch.equal(mask, sort_mask(s.abs(), k).float()), step
-        if current:
-            assert torch.equal(product, w * mask), step
+        assert torch.equal(product, w * mask), step
     assert select.hits > 40 and select.misses >= 2
 
 

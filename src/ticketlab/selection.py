@@ -271,26 +271,17 @@ class BandSelector:
                     return keep.view_as(key)
         return self._full(flat, k, nonnegative).view_as(key)
 
-    def fill(self, scores: Tensor, k: int, absval: bool, out: Tensor, weight: Tensor | None = None,
-             product: Tensor | None = None, incremental: bool = False) -> bool:
+    def fill(self, scores: Tensor, k: int, absval: bool, out: Tensor) -> None:
         """Write the 0/1 mask of the ``k`` largest keys (``|scores|`` if ``absval``, else ``scores``) into ``out``.
 
         The same mask as ``self(key, k)``. On the CPU the fused kernels (:mod:`ticketlab.kernels`) do it in
-        one pass over the scores instead of about eight, and with ``weight`` and ``product`` also write
-        ``weight * out`` into ``product`` in the same pass.
+        one pass over the scores instead of about eight.
 
         Args:
             scores: any shape, ``n`` entries.
             k: entries kept.
             absval: rank by ``|scores|``.
             out: float tensor of ``n`` entries (the mask buffer), written in place.
-            weight, product: the masked tensor and a buffer for ``weight * out`` (shape of ``scores``), or
-                ``None``.
-            incremental: ``out`` already holds an earlier selection and ``product == weight * out``; the
-                kernel then writes only the entries that change (:func:`ticketlab.kernels.band_select`).
-
-        Returns:
-            Whether ``product`` now holds ``weight * out`` (else it is stale and must not be used).
 
         Raises:
             NonFiniteError: NaN scores make an exact top-k impossible.
@@ -303,26 +294,22 @@ class BandSelector:
                 if r is not None and r[0] != 3:
                     if r[0] == 2:
                         raise _nan_error(s, k)
-                    return False
+                    return
             elif self.t is not None and self.w > 0:
-                fused = weight is not None and product is not None
-                r = kernels.band_select(s, absval, self.t - self.w, self.t + self.w, k, out,
-                                        weight.detach() if fused else None, product if fused else None,
-                                        incremental)
+                r = kernels.band_select(s, absval, self.t - self.w, self.t + self.w, k, out)
                 if r is not None and r[0] != 3:
                     status, _, in_band, v = r
                     if status == 0:
                         self._update(v, in_band, n)
                         self.hits += 1
-                        return fused
+                        return
                     if status == 2:
                         raise _nan_error(s, k)
                     key = s.abs() if absval else s
                     out.copy_(self._full(key.reshape(-1), k, absval).view_as(out))
-                    return False
+                    return
         key = s.abs() if absval else s
         out.copy_(self(key, k, absval).view_as(out))
-        return False
 
     def _full(self, flat: Tensor, k: int, nonnegative: bool) -> Tensor:
         """Full selection (first call, or the band missed); re-centres the band on the new threshold."""

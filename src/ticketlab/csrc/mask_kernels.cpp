@@ -240,8 +240,8 @@ struct Chunk {
 // and the pass only reads).
 // Returns {status, n_above, n_band, v}: status 0 = done; 1 = the band does not hold the k-th largest
 // (mask and product are left partial; select again over everything); 2 = NaN keys (no exact top-k exists;
-// partial too); 3 = a tensor is not a contiguous float32 CPU tensor of the scores' size, or k is not in
-// [1, n) (nothing written).
+// partial too); 3 = a tensor is not a dense float32 CPU tensor with the scores' sizes and strides (fits_like),
+// or k is not in [1, n) (nothing written).
 std::vector<double> band_select(const torch::Tensor& s, bool absval, double lo, double hi, int64_t k,
                                 torch::Tensor mask, const torch::Tensor& weight, torch::Tensor product,
                                 bool incremental) {
@@ -536,16 +536,15 @@ torch::Tensor score_grad(const torch::Tensor& g, const torch::Tensor& w, const t
 }
 
 // W * m with the straight-through gradient to the scores, as a C++ autograd node (no Python on the step's
-// path): forward returns `product` when given (the selection kernel wrote it), else weight * mask; backward
+// path): forward returns `product`, the weight * mask the caller keeps (MaskedWeight below); backward
 // gives dL/dW = g * m (when the weight requires grad) and dL/dS = g * W (* sign(S)), one pass on the CPU.
 struct ScoreSTE : public torch::autograd::Function<ScoreSTE> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& weight,
                                const torch::Tensor& scores, const torch::Tensor& mask, const torch::Tensor& product,
-                               bool has_product, bool signed_key) {
+                               bool signed_key) {
     ctx->save_for_backward({weight, scores, mask});
     ctx->saved_data["signed"] = signed_key;
-    if (has_product) return product;
-    return weight * mask;
+    return product;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -566,7 +565,7 @@ struct ScoreSTE : public torch::autograd::Function<ScoreSTE> {
         if (signed_key) gs.mul_(torch::sign(s));
       }
     }
-    return {gw, gs, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {gw, gs, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -603,6 +602,7 @@ int64_t address_of(const torch::Tensor& t) { return reinterpret_cast<int64_t>(t.
 struct MaskedWeight {
   bool absval = true;
   int64_t scores_at = 0, scores_version = -1;  // the scores behind the mask
+  int64_t k_at = -1;                           // the kept count of the selection behind the mask
   int64_t weight_at = 0, weight_version = -1, mask_at = 0, mask_version = -1;  // behind the product
   torch::Tensor product;
 
@@ -612,8 +612,6 @@ struct MaskedWeight {
     return product.defined() && weight_at == address_of(weight) && weight_version == version_of(weight) &&
            mask_at == address_of(mask) && mask_version == version_of(mask);
   }
-
-  int64_t k_at = -1;  // the kept count of the selection behind the mask
 
   bool selected(const torch::Tensor& scores, int64_t k) const {
     return scores_at == address_of(scores) && scores_version == version_of(scores) && k == k_at;
@@ -658,13 +656,13 @@ struct MaskedWeight {
     }
     const bool current = product_current(weight, mask);
     const bool same_scores = selected(scores, k);
-    if (current && same_scores) return ScoreSTE::apply(weight, scores, mask, product, true, absval);
+    if (current && same_scores) return ScoreSTE::apply(weight, scores, mask, product, absval);
     if (!same_scores && n >= 4096 && !(band.w > 0.0 && std::isfinite(band.t))) return c10::nullopt;
     if (!current) product = torch::empty_like(weight);  // weight's strides (contiguous or channels-last)
     product.unsafeGetTensorImpl()->bump_version();
     if (same_scores) {  // the mask stands (it was set or loaded since): only the product is redone
       remake_product(weight, mask);
-      return ScoreSTE::apply(weight, scores, mask, product, true, absval);
+      return ScoreSTE::apply(weight, scores, mask, product, absval);
     }
     mask.unsafeGetTensorImpl()->bump_version();
     if (n < 4096) {
@@ -684,7 +682,7 @@ struct MaskedWeight {
       remember_product(weight, mask);
     }
     adopt(scores, k);
-    return ScoreSTE::apply(weight, scores, mask, product, true, absval);
+    return ScoreSTE::apply(weight, scores, mask, product, absval);
   }
 };
 

@@ -66,11 +66,10 @@ class Synflow(ScorePruner):
         for name, t in self._state(model).items():
             self._signs[name] = torch.signbit(t.data)
             t.data.abs_()
-        fold = self.fold_masks and len(self.masks) == len(self.weights)
-        self._unfolded = [w.detach().clone() for w in self.weights] if fold else []
+        self._unfolded = [w.detach().clone() for w in self.weights] if self.fold_masks else []
         self._folded_at = [-1] * len(self._unfolded)  # the mask version folded into each weight (-1: none yet)
         for fm in self.masks:
-            fm.folded = fold
+            fm.folded = self.fold_masks
         self._dtype = next(model.parameters()).dtype
         if self.cfg.double:
             model.to(torch.float64)
@@ -93,19 +92,21 @@ class Synflow(ScorePruner):
     def _fold(self) -> None:
         """``W <- |W| * m`` for every masked weight whose mask changed since it was folded in (the first
         round, or a round that scored every entry); the kernel's and :meth:`_apply_kept`'s rounds keep it."""
-        for i, (fm, w) in enumerate(zip(self.masks, self.weights, strict=False)):
-            if i < len(self._unfolded) and self._folded_at[i] != fm.mask._version:
-                torch.mul(self._unfolded[i], fm.mask, out=w)
+        if not self._unfolded:
+            return
+        for i, (fm, w, kept_aside) in enumerate(zip(self.masks, self.weights, self._unfolded, strict=True)):
+            if self._folded_at[i] != fm.mask._version:
+                torch.mul(kept_aside, fm.mask, out=w)
                 self._folded_at[i] = fm.mask._version
 
     def _note_folded(self) -> None:
         """The masks and weights were zeroed together: the folded weights are current."""
-        self._folded_at = [fm.mask._version for fm in self.masks[:len(self._unfolded)]]
+        if self._unfolded:
+            self._folded_at = [fm.mask._version for fm in self.masks]
 
     def _backward(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext) -> None:
         dtype = torch.float64 if self.cfg.double else self._dtype
-        if weights is self.weights:
-            self._fold()
+        self._fold()
         for w in weights:
             w.requires_grad_(True)
             w.grad = None
