@@ -44,15 +44,15 @@ import torch
 from hydra import compose
 from omegaconf import DictConfig
 
-import ticketlab.masks as masks
+import ticketlab.sparsity.masks as masks
 from ticketlab.data import build_data
-from ticketlab.init import init_weights
-from ticketlab.loop import train_step
+from ticketlab.files import atomic_write_json
+from ticketlab.init.weights import init_weights
 from ticketlab.models import build_model
-from ticketlab.optim import build_optimizer
 from ticketlab.pruners import PruneContext, build_pruner
-from ticketlab.results import atomic_write_json
-from ticketlab.run import hydra_run_dir, resolve, select_device
+from ticketlab.runner.run import hydra_run_dir, resolve, select_device
+from ticketlab.training.loop import train_step
+from ticketlab.training.optim import build_optimizer
 
 
 class FullSort:
@@ -83,7 +83,7 @@ def make_step(overrides: list[str], batch, device: torch.device, full_sort: bool
               baked_from: torch.nn.Module | None = None) -> tuple[Callable[[], None], torch.nn.Module]:
     """One optimizer step of the run ``overrides`` describe, on one fixed batch, as a function (and its model).
 
-    The step is the trainer's own (:func:`ticketlab.loop.train_step`, no loss check inside the step),
+    The step is the trainer's own (:func:`ticketlab.training.loop.train_step`, no loss check inside the step),
     under ``trainer.amp`` (bf16 autocast on CUDA), ``trainer.channels_last`` and ``trainer.compile`` as
     the trainer applies them. With ``baked_from`` (a masked model of the same architecture), the model is
     a plain one (``overrides`` should say ``pruner=dense``) whose weights are the masked weights of

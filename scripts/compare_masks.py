@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ticketlab.mask_metrics import compare_mask_sets
+from ticketlab.sparsity.similarity import compare_mask_sets
 
 
 def main(argv: list[str] | None = None) -> int:

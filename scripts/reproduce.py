@@ -29,12 +29,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
-import ticketlab.run  # noqa: F401  (registers the config schemas and the resolvers)
+import ticketlab.runner.run  # noqa: F401  (registers the config schemas and the resolvers)
 from ticketlab.errors import ConfigError
-from ticketlab.experiments import ReportSpec, collect, experiment_names, markdown_table, paper_numbers
-from ticketlab.identity import compute, runs_root
-from ticketlab.plots import all_plots
-from ticketlab.results import atomic_write_bytes
+from ticketlab.files import atomic_write_bytes
+from ticketlab.runner.identity import compute, runs_root
+from ticketlab.sweeps.experiments import ReportSpec, collect, experiment_names, markdown_table, paper_numbers
+from ticketlab.sweeps.plots import all_plots
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import ticketlab.run  # noqa: F401  (registers every schema before composing)
+import ticketlab.runner.run  # noqa: F401  (registers every schema before composing)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -13,7 +13,7 @@ import torch
 from ticketlab.config import DatasetConfig
 from ticketlab.data import build_data
 from ticketlab.errors import ConfigError
-from ticketlab.run import run
+from ticketlab.runner.run import run
 
 from .conftest import require
 
@@ -231,8 +231,8 @@ def test_json_files_are_strict_json(cfg_factory, tmp_path):
 
 
 def test_mask_warnings_name_a_layer_cut_off_every_path():
-    from ticketlab.checks import mask_warnings
-    from ticketlab.mask_structure import MaskStructure
+    from ticketlab.runner.checks import mask_warnings
+    from ticketlab.sparsity.structure import MaskStructure
 
     st = MaskStructure(effective_density=0.4, effective_sparsity=0.6, disconnected_fraction=0.2, log_paths=5.0,
                        layers={"layer1.0.conv2": {"density": 0.5, "effective_density": 0.0},

@@ -72,7 +72,7 @@ def test_imagefolder_cache_roundtrip(tmp_path):
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
-    from ticketlab.results import atomic_path, atomic_write_json
+    from ticketlab.files import atomic_path, atomic_write_json
 
     target = tmp_path / "summary.json"
     atomic_write_json(target, {"a": 1})

@@ -20,7 +20,7 @@ import time
 import pytest
 import torch
 
-from ticketlab.run import run
+from ticketlab.runner.run import run
 
 from .conftest import ROOT, compose_cfg
 

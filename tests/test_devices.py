@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-from ticketlab.mask_report import sparsity_report
-from ticketlab.masks import ScoreMask, masked_tensors
-from ticketlab.run import run, setup
+from ticketlab.runner.run import run, setup
+from ticketlab.sparsity.masks import ScoreMask, masked_tensors
+from ticketlab.sparsity.report import sparsity_report
 
 from .conftest import DEVICES
 

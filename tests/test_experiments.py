@@ -15,9 +15,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import ticketlab.run  # noqa: F401  (registers the schemas)
+import ticketlab.runner.run  # noqa: F401  (registers the schemas)
 from ticketlab.errors import ConfigError
-from ticketlab.experiments import (
+from ticketlab.runner.run import resolve
+from ticketlab.sweeps.experiments import (
     ReportSpec,
     critical_compression,
     experiment_names,
@@ -26,7 +27,6 @@ from ticketlab.experiments import (
     paper_numbers,
     summary_frame,
 )
-from ticketlab.run import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = experiment_names()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ticketlab.identity import NOT_IDENTITY, compute, describe_difference
-from ticketlab.sweep import sweep_name
+from ticketlab.runner.identity import NOT_IDENTITY, compute, describe_difference
+from ticketlab.sweeps.sweep import sweep_name
 
 from .conftest import compose_cfg
 

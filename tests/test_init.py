@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from ticketlab.config import InitConfig, ModelConfig
-from ticketlab.init import init_scores, init_weights, weight_std
-from ticketlab.masks import prunable_layers
+from ticketlab.init.weights import init_scores, init_weights, weight_std
 from ticketlab.models import build_model
+from ticketlab.sparsity.masks import prunable_layers
 
 
 def model():

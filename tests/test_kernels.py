@@ -1,4 +1,4 @@
-"""ticketlab.kernels: the fused CPU kernels give bit-identical results to the torch formulation they replace
+"""ticketlab.sparsity.kernels: the fused CPU kernels give bit-identical results to the torch formulation they replace
 (selection, masked weight, straight-through score gradient, SynFlow's rounds), and TicketLab falls back to
 the torch ops when they cannot be built or are turned off."""
 
@@ -10,13 +10,13 @@ import copy
 import pytest
 import torch
 
-from ticketlab import kernels
 from ticketlab.errors import ConfigError, NonFiniteError
-from ticketlab.loop import train_step
-from ticketlab.masks import ScoreMask, attach, masked_tensors, score_gradient
-from ticketlab.pruners.pai import shrink_global
-from ticketlab.run import setup
-from ticketlab.selection import BandSelector, num_kept, topk_mask
+from ticketlab.pruners.score_based import shrink_global
+from ticketlab.runner.run import setup
+from ticketlab.sparsity import kernels
+from ticketlab.sparsity.masks import ScoreMask, attach, masked_tensors, score_gradient
+from ticketlab.sparsity.selection import BandSelector, num_kept, topk_mask
+from ticketlab.training.loop import train_step
 
 from .conftest import IN_CI
 from .test_selection import drifting, keys, sort_mask

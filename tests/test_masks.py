@@ -10,8 +10,8 @@ from torch import nn
 
 from ticketlab.config import ModelConfig
 from ticketlab.errors import ConfigError
-from ticketlab.mask_report import mask_dict, sparsity_report
-from ticketlab.masks import (
+from ticketlab.models import build_model
+from ticketlab.sparsity.masks import (
     FixedMask,
     attach_fixed_masks,
     attach_score_masks,
@@ -20,8 +20,8 @@ from ticketlab.masks import (
     prunable_layers,
     select_layers,
 )
-from ticketlab.models import build_model
-from ticketlab.selection import kth_largest, num_kept, topk_mask
+from ticketlab.sparsity.report import mask_dict, sparsity_report
+from ticketlab.sparsity.selection import kth_largest, num_kept, topk_mask
 
 
 def sort_reference(x: torch.Tensor, k: int) -> torch.Tensor:

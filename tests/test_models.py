@@ -8,8 +8,8 @@ from torch import nn
 
 from ticketlab.config import ModelConfig
 from ticketlab.errors import ConfigError
-from ticketlab.masks import prunable_layers
 from ticketlab.models import MODELS, build_model
+from ticketlab.sparsity.masks import prunable_layers
 
 
 def n_weights(model: nn.Module) -> int:

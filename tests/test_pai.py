@@ -11,18 +11,18 @@ from torch import nn
 from ticketlab.config import InitConfig
 from ticketlab.data.loaders import DataBundle
 from ticketlab.errors import ConfigError
-from ticketlab.mask_report import mask_dict, sparsity_report
-from ticketlab.mask_structure import mask_structure
-from ticketlab.masks import FixedMask, attach, attach_fixed_masks, masked_tensors
 from ticketlab.pruners import PruneContext, build_pruner
 from ticketlab.pruners.from_file import FromFileConfig
 from ticketlab.pruners.grasp import GraspConfig
 from ticketlab.pruners.magnitude import MagnitudeConfig
-from ticketlab.pruners.pai import allocate
 from ticketlab.pruners.random import RandomConfig
+from ticketlab.pruners.score_based import allocate
 from ticketlab.pruners.snip import SnipConfig
 from ticketlab.pruners.synflow import SynflowConfig
-from ticketlab.run import run
+from ticketlab.runner.run import run
+from ticketlab.sparsity.masks import FixedMask, attach, attach_fixed_masks, masked_tensors
+from ticketlab.sparsity.report import mask_dict, sparsity_report
+from ticketlab.sparsity.structure import mask_structure
 
 CPU = torch.device("cpu")
 W1 = torch.tensor([[0.5, -1.0, 0.2], [-0.3, 0.8, 1.5], [1.2, 0.1, -0.7], [-0.4, -0.9, 0.6]], dtype=torch.float64)
@@ -234,7 +234,7 @@ def test_data_dependent_scores_need_batches():
 
 
 def test_scoring_does_not_change_the_training_order(cfg_factory, tmp_path):
-    from ticketlab.run import setup
+    from ticketlab.runner.run import setup
 
     plain = setup(cfg_factory("pruner=magnitude", "init=kaiming_normal"), run_dir=tmp_path / "a")
     snip = setup(cfg_factory("pruner=snip", "pruner.data_batches=3", "init=kaiming_normal"), run_dir=tmp_path / "b")
@@ -308,7 +308,7 @@ def test_from_file_applies_a_saved_mask_and_checks_names(cfg_factory, tmp_path):
 # --------------------------------------------------------------------------- PHEW
 def phew_model(name="conv4", shape=(3, 32, 32)):
     from ticketlab.config import ModelConfig
-    from ticketlab.init import init_weights
+    from ticketlab.init.weights import init_weights
     from ticketlab.models import build_model
 
     m = build_model(ModelConfig(name=name, widths=[300, 100]), shape, 10)
@@ -320,8 +320,8 @@ def phew_model(name="conv4", shape=(3, 32, 32)):
                                                          ("conv4", (3, 32, 32), False),
                                                          ("conv4", (3, 32, 32), True)])
 def test_phew_density_paths_and_reproducibility(name, shape, kernel_conserved):
-    from ticketlab.masks import prunable_layers
     from ticketlab.pruners.phew import phew_masks
+    from ticketlab.sparsity.masks import prunable_layers
 
     model = phew_model(name, shape)
     weights = [layer.weight for _, layer in prunable_layers(model)]
@@ -357,8 +357,8 @@ def test_phew_steps_follow_weight_magnitudes():
 
 
 def test_phew_nested_masks_contain_the_sparser_one():
-    from ticketlab.masks import prunable_layers
     from ticketlab.pruners.phew import phew_masks
+    from ticketlab.sparsity.masks import prunable_layers
 
     weights = [layer.weight for _, layer in prunable_layers(phew_model("lenet300_100", (1, 28, 28)))]
     sparse, _ = phew_masks(weights, 0.02, seed=0)
@@ -369,10 +369,10 @@ def test_phew_nested_masks_contain_the_sparser_one():
 @pytest.mark.parametrize("shortcuts", ["faithful", "clean"])
 def test_phew_on_resnets(shortcuts):
     from ticketlab.config import ModelConfig
-    from ticketlab.init import init_weights
-    from ticketlab.masks import prunable_layers
+    from ticketlab.init.weights import init_weights
     from ticketlab.models import build_model
     from ticketlab.pruners.phew import model_route, phew_masks
+    from ticketlab.sparsity.masks import prunable_layers
 
     model = build_model(ModelConfig(name="resnet20"), (3, 32, 32), 10)
     init_weights(model, InitConfig(name="kaiming_normal"), 0)
@@ -415,7 +415,7 @@ def imp_run(cfg_factory, run_dir, *extra):
 
 
 def test_imp_levels_density_and_exact_rewind(cfg_factory, tmp_path):
-    from ticketlab.selection import num_kept as nk
+    from ticketlab.sparsity.selection import num_kept as nk
 
     s = imp_run(cfg_factory, tmp_path)
     total = s["params_total"]
@@ -427,8 +427,8 @@ def test_imp_levels_density_and_exact_rewind(cfg_factory, tmp_path):
     assert s["density"] == pytest.approx(0.8 ** 3, abs=1e-4) and s["stages_total"] == 4
     assert [lv["stage"] for lv in s["stages"]] == ["level_00", "level_01", "level_02", "level_03"]
     rewind = torch.load(tmp_path / "rewind.pt", weights_only=False)
-    from ticketlab.run import setup
-    from ticketlab.stages import StageContext
+    from ticketlab.runner.run import setup
+    from ticketlab.runner.stages import StageContext
 
     stage = setup(cfg_factory("pruner=imp", "pruner.levels=3", "init=kaiming_normal"), run_dir=tmp_path / "probe",
                   stage=StageContext(2, "level_02", tmp_path, tmp_path / "level_01"))
@@ -467,7 +467,7 @@ def test_imp_target_sparsity_sets_levels():
 
 # --------------------------------------------------------------------------- K-starts / dissipating gradients
 def test_dissipating_removes_the_least_moved_weights(cfg_factory, tmp_path):
-    from ticketlab.run import setup
+    from ticketlab.runner.run import setup
 
     job = setup(cfg_factory("pruner=dissipating_gradients", "pruner.epochs_to_prune=2", "pruner.sparsity=0.8",
                             "init=kaiming_normal", "optimizer.lr=0.05", "trainer.epochs=3"), run_dir=tmp_path)
@@ -512,7 +512,7 @@ def test_kstarts_selects_by_fitness_rank_sum():
 
 
 def test_kstarts_candidates_share_the_init_and_winner_continues(cfg_factory, tmp_path):
-    from ticketlab.run import setup
+    from ticketlab.runner.run import setup
 
     job = setup(cfg_factory("pruner=kstarts", "pruner.k=3", "pruner.sparsity=0.8", "init=kaiming_normal",
                             "trainer.epochs=0"), run_dir=tmp_path)
@@ -574,7 +574,7 @@ def test_synflow_fast_rounds_give_the_masks_of_full_selection(monkeypatch):
     monkeypatch.setattr(Synflow, "kept_round", lambda *a: fast_rounds.append(real(*a)) or fast_rounds[-1])
     from ticketlab.config import InitConfig, ModelConfig
     from ticketlab.data import DataBundle
-    from ticketlab.init import init_weights
+    from ticketlab.init.weights import init_weights
     from ticketlab.models import build_model
 
     results, sparsity = [], 0.999
@@ -599,6 +599,6 @@ def test_synflow_fast_rounds_give_the_masks_of_full_selection(monkeypatch):
 
 
 def nk_total(n: int, sparsity: float) -> int:
-    from ticketlab.selection import num_kept
+    from ticketlab.sparsity.selection import num_kept
 
     return num_kept(n, sparsity)

@@ -85,7 +85,7 @@ VARIANTS = [
 @pytest.mark.parametrize("dataset,model", [("mnist", "lenet300_100"), ("cifar10", "conv2")])
 @pytest.mark.parametrize("variant", VARIANTS, ids=[" ".join(v) for v in VARIANTS])
 def test_every_method_and_init_on_real_data(data_dir, tmp_path, cfg_factory, dataset, model, variant):
-    from ticketlab.run import run
+    from ticketlab.runner.run import run
 
     require(data_dir / ("MNIST/raw" if dataset == "mnist" else "cifar10-jpeg/train"), dataset)
     s = run(cfg_factory(f"dataset={dataset}", f"model={model}", f"dataset.root={data_dir}", "trainer.epochs=2",

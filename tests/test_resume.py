@@ -16,10 +16,10 @@ import signal
 import pytest
 import torch
 
-import ticketlab.loop
+import ticketlab.training.loop
 from ticketlab.errors import Preempted
-from ticketlab.results import read_jsonl
-from ticketlab.run import run
+from ticketlab.files import read_jsonl
+from ticketlab.runner.run import run
 
 TIMING = ("epoch_s", "images_per_s")
 
@@ -27,7 +27,7 @@ TIMING = ("epoch_s", "images_per_s")
 def stop_after(monkeypatch, step: int, signum: int = signal.SIGTERM) -> dict:
     """Send ``signum`` to this process right after the ``step``-th optimizer step (any phase)."""
     seen = {"n": 0}
-    real = ticketlab.loop.train_step
+    real = ticketlab.training.loop.train_step
 
     def counting(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -36,7 +36,7 @@ def stop_after(monkeypatch, step: int, signum: int = signal.SIGTERM) -> dict:
             os.kill(os.getpid(), signum)
         return out
 
-    monkeypatch.setattr(ticketlab.loop, "train_step", counting)
+    monkeypatch.setattr(ticketlab.training.loop, "train_step", counting)
     return seen
 
 
@@ -141,7 +141,7 @@ def test_checkpoint_every_few_minutes_inside_an_epoch(cfg_factory, tmp_path, mon
     """A timed checkpoint mid-epoch, then a crash: the rerun continues from the mid-epoch checkpoint."""
     overrides = ["trainer.epochs=2", "trainer.checkpoint_every_min=1e-9"]  # a checkpoint after every step
     run(cfg_factory(*overrides), run_dir=tmp_path / "twin")
-    real = ticketlab.loop.train_step
+    real = ticketlab.training.loop.train_step
     calls = {"n": 0}
 
     def crash_at_17(*args, **kwargs):
@@ -151,7 +151,7 @@ def test_checkpoint_every_few_minutes_inside_an_epoch(cfg_factory, tmp_path, mon
         return real(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(ticketlab.loop, "train_step", crash_at_17)
+        m.setattr(ticketlab.training.loop, "train_step", crash_at_17)
         with pytest.raises(RuntimeError, match="power cut"):
             run(cfg_factory(*overrides), run_dir=tmp_path / "run")
     ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)

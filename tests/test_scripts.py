@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from ticketlab.run import run
+from ticketlab.runner.run import run
 
 from .conftest import ROOT
 

@@ -1,4 +1,4 @@
-"""ticketlab.selection: every selection path gives the mask of a plain sort (lowest index first among ties),
+"""ticketlab.sparsity.selection: every selection path gives the mask of a plain sort (lowest index first among ties),
 on random, tied and clamped keys, on every available device."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ticketlab.errors import NonFiniteError
-from ticketlab.selection import BandSelector, global_topk, num_kept, topk_mask
+from ticketlab.sparsity.selection import BandSelector, global_topk, num_kept, topk_mask
 
 from .conftest import DEVICES
 

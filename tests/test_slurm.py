@@ -133,14 +133,14 @@ def test_slurm_sweep_survives_requeues_and_a_time_limit(slurm, tmp_path):
         assert attempts[1]["resumed_from"]["epoch"] >= 3 and int(attempts[1]["slurm_restart_count"]) >= 1
         first = json.loads((folder / "attempts" / "1" / "summary.json").read_text())
         assert first["stopped"]["signal"] == signal_name and first["stopped"]["checkpoint"]
-        trained = [int(e) for e in re.findall(r"\]\[ticketlab.loop\]\[INFO\] - epoch (\d+):", (folder / "train.log")
-                                              .read_text())]
+        log = (folder / "train.log").read_text()
+        trained = [int(e) for e in re.findall(r"\]\[ticketlab.training.loop\]\[INFO\] - epoch (\d+):", log)]
         assert sorted(trained) == list(range(1, EPOCHS + 1)), "an epoch was trained twice, or skipped"
         note(f"job {k}: attempts " + "; ".join(
             f"{a['status']} (resumed from epoch {a['resumed_from']['epoch']} step {a['resumed_from']['step']})"
             if a["resumed_from"] else a["status"] for a in attempts))
         # ... and ended exactly where an uninterrupted run ends
-        from ticketlab.run import run
+        from ticketlab.runner.run import run
 
         twin = run(compose_cfg(*[o for o in common if o != "logger=wandb"], "logger=none", f"seed={k}"),
                    run_dir=tmp_path / f"twin{k}")

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-import ticketlab.loop
-import ticketlab.run
+import ticketlab.runner.run
+import ticketlab.training.loop
 from ticketlab.errors import ConfigError
-from ticketlab.identity import compute
-from ticketlab.run import run
+from ticketlab.runner.identity import compute
+from ticketlab.runner.run import run
 
 from .wandb_reader import read_run, wait_until_final
 
@@ -42,7 +42,7 @@ def test_nonfinite_scores_never_become_an_empty_mask(cfg_factory, tmp_path):
 
 def test_topk_returns_exactly_k_or_raises():
     from ticketlab.errors import NonFiniteError
-    from ticketlab.selection import topk_mask
+    from ticketlab.sparsity.selection import topk_mask
 
     key = torch.randn(10000)
     assert int(topk_mask(key, 123).sum()) == 123
@@ -64,7 +64,7 @@ def test_a_diverged_run_is_not_run_again(cfg_factory, tmp_path):
 # --------------------------------------------------------------------------- failed
 def crash_at(monkeypatch, n, exc=None):
     exc = exc if exc is not None else RuntimeError("simulated crash")
-    real = ticketlab.loop.train_step
+    real = ticketlab.training.loop.train_step
     calls = {"n": 0}
 
     def crashing(*args, **kwargs):
@@ -73,7 +73,7 @@ def crash_at(monkeypatch, n, exc=None):
             raise exc
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ticketlab.loop, "train_step", crashing)
+    monkeypatch.setattr(ticketlab.training.loop, "train_step", crashing)
 
 
 def test_a_crash_is_recorded_and_the_rerun_continues(cfg_factory, tmp_path, monkeypatch):
@@ -98,8 +98,8 @@ def test_a_full_disk_while_reporting_never_hides_the_error(cfg_factory, tmp_path
 
     with monkeypatch.context() as m:
         crash_at(m, 5, RuntimeError("the real problem"))
-        m.setattr(ticketlab.run, "atomic_write_json", no_space)
-        m.setattr(ticketlab.run, "atomic_torch_save", no_space)
+        m.setattr(ticketlab.runner.run, "atomic_write_json", no_space)
+        m.setattr(ticketlab.runner.run, "atomic_torch_save", no_space)
         with pytest.raises(RuntimeError, match="the real problem"):
             run(cfg_factory(), run_dir=tmp_path)
     assert "could not write summary.json (OSError: [Errno 28] No space left on device)" in caplog.text
@@ -110,7 +110,7 @@ def test_a_crash_while_building_is_recorded(cfg_factory, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise MemoryError("cannot allocate the model")
 
-    monkeypatch.setattr(ticketlab.run, "build_model", broken)
+    monkeypatch.setattr(ticketlab.runner.run, "build_model", broken)
     with pytest.raises(MemoryError):
         run(cfg_factory(), run_dir=tmp_path)
     s = summary_of(tmp_path)

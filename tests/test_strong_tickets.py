@@ -10,20 +10,20 @@ from torch import nn
 
 from ticketlab.config import InitConfig, ModelConfig
 from ticketlab.errors import ConfigError
-from ticketlab.init import he_product_stds, init_weights
-from ticketlab.mask_metrics import chance, compare_mask_sets, similarity
-from ticketlab.mask_report import sparsity_report
-from ticketlab.masks import attach_score_masks, masked_tensors, prunable_layers, score_groups, select_layers
+from ticketlab.init.weights import he_product_stds, init_weights
 from ticketlab.models import build_model
-from ticketlab.phases import TrainState
 from ticketlab.pruners import PruneContext, build_pruner
 from ticketlab.pruners.biprop import BinaryActivation, BipropConfig, BipropMask
 from ticketlab.pruners.edge_popup import EdgePopupConfig
 from ticketlab.pruners.eps_perturbation import EpsPerturbationConfig
 from ticketlab.pruners.iterand import IteRandConfig
+from ticketlab.pruners.phases import TrainState
 from ticketlab.pruners.weight_recycling import WeightRecyclingConfig
-from ticketlab.run import setup
-from ticketlab.selection import num_kept, num_kept_percentile
+from ticketlab.runner.run import setup
+from ticketlab.sparsity.masks import attach_score_masks, masked_tensors, prunable_layers, score_groups, select_layers
+from ticketlab.sparsity.report import sparsity_report
+from ticketlab.sparsity.selection import num_kept, num_kept_percentile
+from ticketlab.sparsity.similarity import chance, compare_mask_sets, similarity
 
 CPU = torch.device("cpu")
 

@@ -23,7 +23,7 @@ FAST = ["logger=none", "trainer.progress=false"]
 # Runs train.py with one job made to crash mid-training (pruner.sparsity=0.7), as a real bug would.
 CRASHY = """
 import runpy, sys
-import ticketlab.loop as loop
+import ticketlab.training.loop as loop
 real = loop.MainPhase.on_epoch_end
 def on_epoch_end(self, state):
     if abs(self.pruner.cfg.sparsity - 0.7) < 1e-9:

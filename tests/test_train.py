@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from ticketlab.mask_report import mask_dict
-from ticketlab.masks import masked_tensors
-from ticketlab.results import read_jsonl
-from ticketlab.run import run, setup
+from ticketlab.files import read_jsonl
+from ticketlab.runner.run import run, setup
+from ticketlab.sparsity.masks import masked_tensors
+from ticketlab.sparsity.report import mask_dict
 
 from .wandb_reader import read_run, wait_until_final
 

@@ -1,9 +1,9 @@
 """``train.py``'s task function and exit codes.
 
-:func:`task` runs one Hydra job through :func:`ticketlab.run.run` and turns every outcome into one
+:func:`task` runs one Hydra job through :func:`ticketlab.runner.run.run` and turns every outcome into one
 log line and an exit code, never a traceback for a user error (:mod:`ticketlab.errors` lists the
 codes). In a ``-m`` sweep it records the job's outcome for the sweep report
-(:mod:`ticketlab.sweep`) and returns normally, so one bad job never stops the others; a stop
+(:mod:`ticketlab.sweeps.sweep`) and returns normally, so one bad job never stops the others; a stop
 signal (SIGTERM, SIGUSR1, SIGINT) stops the whole sweep once the job's checkpoint is written.
 :func:`main` wraps the ``@hydra.main`` function and exits with the run's (or the sweep's) code.
 """
@@ -18,13 +18,15 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import cluster, distributed, sweep
-from .errors import EXIT_CODES, ConfigError, Preempted, RunBusy, describe
-from .run import run
+from ticketlab import distributed
+from ticketlab.errors import EXIT_CODES, ConfigError, Preempted, RunBusy, describe
+from ticketlab.runner import cluster
+from ticketlab.runner.run import run
+from ticketlab.sweeps import sweep
 
 log = logging.getLogger("ticketlab")
 
-#: Exit code of the last single job (a sweep's code is :data:`ticketlab.sweep.EXIT`).
+#: Exit code of the last single job (a sweep's code is :data:`ticketlab.sweeps.sweep.EXIT`).
 EXIT: dict[str, int] = {"job": 0}
 
 

@@ -2,7 +2,7 @@
 
 Each YAML option lists its schema first in its defaults list (``/schema/<group>/<name>@_here_``),
 so a misspelled key or a wrong type fails at compose time with Hydra's own message. Range and
-cross-field rules live in ``__post_init__`` and run when :func:`ticketlab.run.run` converts the
+cross-field rules live in ``__post_init__`` and run when :func:`ticketlab.runner.run.run` converts the
 composed config with ``OmegaConf.to_object`` (the maintainers' recommended pattern, hydra #981),
 i.e. before any data is loaded or any training starts.
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from .errors import ConfigError, check_choice, check_range, check_seed
+from ticketlab.errors import ConfigError, check_choice, check_range, check_seed
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -51,7 +51,7 @@ class PathsConfig:
     The defaults come from ``conf/paths/default.yaml`` (environment variables with fallbacks), as
     in lightning-hydra-template's ``configs/paths/default.yaml``; ``dataset.root`` and
     ``dataset.cache_dir`` default to ``paths.data_dir`` and ``paths.cache_dir``. Paths never take
-    part in a run's identity (:mod:`ticketlab.identity`): the same run is the same wherever its
+    part in a run's identity (:mod:`ticketlab.runner.identity`): the same run is the same wherever its
     data lives.
 
     Attributes:
@@ -162,7 +162,7 @@ BIAS_INITS = ("zero", "default", "he_product", "ll_paired", "ll_dependent")
 
 @dataclass
 class InitConfig:
-    """``init=`` group: distribution of the (frozen or trained) weights. See :mod:`ticketlab.init`.
+    """``init=`` group: distribution of the (frozen or trained) weights. See :mod:`ticketlab.init.weights`.
 
     Attributes:
         name: ``kaiming_normal``, ``kaiming_uniform``, ``signed_constant``, ``unsigned_constant``,

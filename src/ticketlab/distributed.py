@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ticketlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def check_same(d: Dist, model: nn.Module) -> None:
     """
     if not d.enabled or d.world == 1:
         return
-    from .masks import masked_tensors
+    from ticketlab.sparsity.masks import masked_tensors
 
     device = next(model.parameters()).device
     fp = torch.zeros((), dtype=torch.float64, device=device)

@@ -1,6 +1,6 @@
 """Errors and outcomes of a run: bad input, divergence, preemption, a busy run folder.
 
-Each has one meaning for the runner (:mod:`ticketlab.run`), the status it writes to
+Each has one meaning for the runner (:mod:`ticketlab.runner.run`), the status it writes to
 ``summary.json`` and the exit code of ``train.py``:
 
 =====================  ==============  =========  ===================================================
@@ -169,7 +169,7 @@ def check_seed(key: str, value: int | None) -> None:
     """Raise :class:`ConfigError` unless ``value`` is ``None`` or an integer in ``[0, 2^63 - 1]``.
 
     Seeds key ``torch.Generator.manual_seed`` (which rejects larger values) and the per-layer
-    generators of :func:`ticketlab.init.layer_generator`.
+    generators of :func:`ticketlab.init.weights.layer_generator`.
 
     Raises:
         ConfigError: naming ``key``, ``value`` and the allowed range.

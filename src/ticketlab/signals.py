@@ -2,7 +2,7 @@
 
 Schedulers stop jobs with SIGTERM (Slurm at a time limit or preemption, ``timeout``, Kubernetes),
 and Slurm sends a signal ahead of a time limit when asked (``--signal``: SIGUSR1 by convention,
-SIGUSR2 under submitit, :mod:`ticketlab.cluster`). While a run is active,
+SIGUSR2 under submitit, :mod:`ticketlab.runner.cluster`). While a run is active,
 :class:`StopRequest` turns each of these signals into a flag; the training loop looks at the flag
 after every optimizer step (and long set-up computations at their own safe points) and raises
 :class:`~ticketlab.errors.Preempted` once the checkpoint is written. A second SIGINT while
@@ -19,7 +19,7 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
-from .errors import Preempted
+from ticketlab.errors import Preempted
 
 log = logging.getLogger(__name__)
 

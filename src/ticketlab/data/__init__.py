@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from ..config import DatasetConfig
-from ..errors import ConfigError, describe
-from ..registry import Registry
-from .idx import prepare_raw
-from .imagefolder import load_cached_split
-from .loaders import DataBundle, SeededSamples, StreamLoader, TensorLoader, split_indices
+from ticketlab.config import DatasetConfig
+from ticketlab.data.idx import prepare_raw
+from ticketlab.data.imagefolder import load_cached_split
+from ticketlab.data.loaders import DataBundle, SeededSamples, StreamLoader, TensorLoader, split_indices
+from ticketlab.errors import ConfigError, describe
+from ticketlab.registry import Registry
 
 __all__ = ["DATASETS", "DataBundle", "TensorLoader", "build_data"]
 

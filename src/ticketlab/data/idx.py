@@ -22,7 +22,7 @@ import shutil
 import struct
 from pathlib import Path
 
-from ..errors import ConfigError
+from ticketlab.errors import ConfigError
 
 #: IDX element type codes and their sizes in bytes.
 IDX_TYPES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from ..errors import ConfigError, describe
+from ticketlab.errors import ConfigError, describe
 
 log = logging.getLogger(__name__)
 

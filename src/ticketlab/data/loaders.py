@@ -1,7 +1,7 @@
 """Batch iterators that a checkpoint can stop and restart anywhere inside an epoch.
 
 Both training loaders split an epoch into two calls, so that the training loop can save where it
-is and continue exactly there (:mod:`ticketlab.loop`):
+is and continue exactly there (:mod:`ticketlab.training.loop`):
 
 * :meth:`new_order` draws the epoch's :class:`EpochOrder` (the permutation, and a seed for
   per-sample augmentation) from the loader's CPU ``torch.Generator``;

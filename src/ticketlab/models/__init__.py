@@ -2,7 +2,7 @@
 
 A builder takes ``(cfg: ModelConfig, input_shape: (C, H, W), num_classes)`` and returns a plain
 ``nn.Module``: no custom layer classes, so masks attach through parametrizations
-(:mod:`ticketlab.masks`) to these and to torchvision's models alike.
+(:mod:`ticketlab.sparsity.masks`) to these and to torchvision's models alike.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import ConfigError, describe
-from . import convnets, mlp, resnet  # noqa: F401  (registration side effects)
-from .registry import MODELS
+from ticketlab.config import ModelConfig
+from ticketlab.errors import ConfigError, describe
+from ticketlab.models import convnets, mlp, resnet  # noqa: F401  (registration side effects)
+from ticketlab.models.registry import MODELS
 
 __all__ = ["MODELS", "build_model"]
 

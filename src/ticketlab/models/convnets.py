@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import ConfigError
-from .registry import MODELS, batch_norm, scaled
+from ticketlab.config import ModelConfig
+from ticketlab.errors import ConfigError
+from ticketlab.models.registry import MODELS, batch_norm, scaled
 
 CONV_N = {
     "conv2": [64, 64, "M"],

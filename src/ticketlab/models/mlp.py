@@ -10,8 +10,8 @@ import math
 
 from torch import nn
 
-from ..config import ModelConfig
-from .registry import MODELS, batch_norm, scaled
+from ticketlab.config import ModelConfig
+from ticketlab.models.registry import MODELS, batch_norm, scaled
 
 
 class MLP(nn.Module):

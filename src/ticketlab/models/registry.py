@@ -4,8 +4,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..config import ModelConfig
-from ..registry import Registry
+from ticketlab.config import ModelConfig
+from ticketlab.registry import Registry
 
 ModelBuilder = Callable[[ModelConfig, tuple[int, int, int], int], nn.Module]
 MODELS: Registry[ModelBuilder] = Registry("model")

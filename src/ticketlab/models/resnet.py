@@ -16,8 +16,8 @@ from functools import partial
 import torchvision
 from torch import nn
 
-from ..config import ModelConfig
-from .registry import MODELS, scaled
+from ticketlab.config import ModelConfig
+from ticketlab.models.registry import MODELS, scaled
 
 
 class BasicBlock(nn.Module):

@@ -4,7 +4,7 @@ this package imports all of them, so adding a method is adding a module and a YA
 import importlib
 import pkgutil
 
-from .base import PRUNERS, PruneContext, Pruner, PrunerConfig, build_pruner, register_pruner
+from ticketlab.pruners.base import PRUNERS, PruneContext, Pruner, PrunerConfig, build_pruner, register_pruner
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base":

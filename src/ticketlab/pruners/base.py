@@ -12,11 +12,11 @@ ConfigStore as ``/schema/pruner/<name>``) and a :class:`Pruner` subclass, both r
    :class:`~ticketlab.errors.ConfigError`) and warnings, before anything is written;
 4. :meth:`Pruner.initialize` -- fresh runs only: compute the starting mask (scores from data,
    random walks, a previous IMP level's mask);
-5. :meth:`Pruner.phases` -- training phases before the main one (:class:`~ticketlab.phases.Phase`);
+5. :meth:`Pruner.phases` -- training phases before the main one (:class:`~ticketlab.pruners.phases.Phase`);
 6. :meth:`Pruner.begin_main` and :meth:`Pruner.trainable_parameters` -- when the main training
    begins (or resumes): what the optimizer (and its weight decay) updates;
 7. :meth:`Pruner.on_step_end` / :meth:`Pruner.on_epoch_end` during the main training; they
-   receive a :class:`~ticketlab.phases.TrainState` (model, optimizer, scheduler, counters, last
+   receive a :class:`~ticketlab.pruners.phases.TrainState` (model, optimizer, scheduler, counters, last
    batch), never the loop;
 8. :meth:`Pruner.state_dict` / :meth:`Pruner.load_state_dict` -- method state for checkpoints;
 9. :meth:`Pruner.summary` -- method facts for ``summary.json``.
@@ -33,11 +33,11 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
-from ..config import InitConfig, store_schema
-from ..errors import check_range
-from ..phases import Phase, TrainState
-from ..registry import Registry
-from ..signals import NoStop, StopRequest
+from ticketlab.config import InitConfig, store_schema
+from ticketlab.errors import check_range
+from ticketlab.pruners.phases import Phase, TrainState
+from ticketlab.registry import Registry
+from ticketlab.signals import NoStop, StopRequest
 
 
 @dataclass
@@ -68,7 +68,7 @@ class PruneContext:
         epochs: ``trainer.epochs`` (for schedules over the run).
         stop: the run's stop flag; long computations call ``ctx.stop.check(where)`` at safe points.
         run_dir: the run folder (``None`` outside the runner).
-        stage: the stage of a multi-stage run (:class:`ticketlab.stages.StageContext`), else ``None``.
+        stage: the stage of a multi-stage run (:class:`ticketlab.runner.stages.StageContext`), else ``None``.
         limit_train_batches: ``trainer.limit_train_batches`` (batches per epoch, ``None`` = all).
     """
 

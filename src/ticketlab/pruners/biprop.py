@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import check_range
-from ..masks import ScoreMask, score_gradient, score_groups
-from ..phases import TrainState
-from .base import PruneContext, register_pruner
-from .edge_popup import EdgePopup, EdgePopupConfig
+from ticketlab.errors import check_range
+from ticketlab.pruners.base import PruneContext, register_pruner
+from ticketlab.pruners.edge_popup import EdgePopup, EdgePopupConfig
+from ticketlab.pruners.phases import TrainState
+from ticketlab.sparsity.masks import ScoreMask, score_gradient, score_groups
 
 
 class _BiRealSign(torch.autograd.Function):

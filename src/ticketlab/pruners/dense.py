@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from .base import Pruner, PrunerConfig, register_pruner
+from ticketlab.errors import ConfigError
+from ticketlab.pruners.base import Pruner, PrunerConfig, register_pruner
 
 
 @dataclass

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import check_choice, check_range
-from ..masks import FixedMask, attach_dense_masks, select_layers
-from ..phases import TrainState
-from .base import PruneContext, Pruner, PrunerConfig, register_pruner
-from .pai import allocate
+from ticketlab.errors import check_choice, check_range
+from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig, register_pruner
+from ticketlab.pruners.phases import TrainState
+from ticketlab.pruners.score_based import allocate
+from ticketlab.sparsity.masks import FixedMask, attach_dense_masks, select_layers
 
 
 @dataclass

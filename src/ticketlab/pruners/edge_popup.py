@@ -2,7 +2,7 @@
 
 The weights keep their random initialization; a score per weight is trained with SGD and the
 forward pass uses the weights whose |score| is in the top ``density`` fraction of their layer
-(Algorithm 1), with the straight-through gradient of :class:`ticketlab.masks.ScoreMask`.
+(Algorithm 1), with the straight-through gradient of :class:`ticketlab.sparsity.masks.ScoreMask`.
 Reference code: allenai/hidden-networks ``utils/conv_type.py`` (``SubnetConv``, ``GetSubnet``).
 Weight decay applies to the scores (the only trained tensors), as in the reference configs.
 
@@ -30,12 +30,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_choice, check_range
-from ..init import SCORE_INITS, fans, init_scores
-from ..masks import ScoreMask, attach_score_masks, prunable_layers, score_groups, select_layers, underlying
-from ..phases import TrainState
-from ..selection import num_kept_percentile
-from .base import PruneContext, Pruner, PrunerConfig, register_pruner
+from ticketlab.errors import ConfigError, check_choice, check_range
+from ticketlab.init.weights import SCORE_INITS, fans, init_scores
+from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig, register_pruner
+from ticketlab.pruners.phases import TrainState
+from ticketlab.sparsity.masks import (
+    ScoreMask,
+    attach_score_masks,
+    prunable_layers,
+    score_groups,
+    select_layers,
+    underlying,
+)
+from ticketlab.sparsity.selection import num_kept_percentile
 
 
 @dataclass
@@ -61,7 +68,7 @@ class EdgePopupConfig(PrunerConfig):
         kept_count: ``floor`` keeps ``n - floor(p n)`` weights per layer (allenai/hidden-networks);
             ``percentile`` keeps ``n - round(p (n - 1))``, the percentile threshold of IteRand's reference
             code base (dchiji-ntt/iterand, for its edge-popup and IteRand alike;
-            :func:`ticketlab.masks.num_kept_percentile`). Layerwise scope without annealing only.
+            :func:`ticketlab.sparsity.masks.num_kept_percentile`). Layerwise scope without annealing only.
     """
 
     name: str = "edge_popup"

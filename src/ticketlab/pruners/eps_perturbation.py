@@ -14,7 +14,7 @@ the perturbed weights, which are then frozen. No public code exists; the protoco
 
 Phase A lasts ``phase_a_epochs`` epochs, or ``phase_a_steps`` optimizer steps when that is > 0,
 before (and in addition to) ``trainer.epochs`` of phase B, with its own SGD (``phase_a_lr``,
-momentum 0.9, no weight decay). It is a :class:`~ticketlab.phases.Phase` named ``perturb``, run by
+momentum 0.9, no weight decay). It is a :class:`~ticketlab.pruners.phases.Phase` named ``perturb``, run by
 the training loop like any training (checkpoints, signals, the non-finite check), through the
 score masks held at density 1 (an exact identity: ``W * 1``). ``perturbation=random`` is the
 control: the same per-layer perturbation size (l2 norm of the projected-SGD result) in a
@@ -30,12 +30,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import check_choice, check_range
-from ..init import layer_generator, weight_std
-from ..masks import prunable_layers, score_groups, underlying
-from ..phases import Phase, TrainState
-from .base import PruneContext, register_pruner
-from .edge_popup import EdgePopup, EdgePopupConfig
+from ticketlab.errors import check_choice, check_range
+from ticketlab.init.weights import layer_generator, weight_std
+from ticketlab.pruners.base import PruneContext, register_pruner
+from ticketlab.pruners.edge_popup import EdgePopup, EdgePopupConfig
+from ticketlab.pruners.phases import Phase, TrainState
+from ticketlab.sparsity.masks import prunable_layers, score_groups, underlying
 
 
 @dataclass

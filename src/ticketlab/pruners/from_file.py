@@ -16,9 +16,9 @@ import torch
 from omegaconf import MISSING
 from torch import Tensor, nn
 
-from ..errors import ConfigError, describe
-from ..masks import attach_fixed_masks, prunable_layers
-from .base import PruneContext, Pruner, PrunerConfig, register_pruner
+from ticketlab.errors import ConfigError, describe
+from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig, register_pruner
+from ticketlab.sparsity.masks import attach_fixed_masks, prunable_layers
 
 
 @dataclass

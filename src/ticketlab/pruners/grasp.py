@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import check_choice, check_range
-from .base import PruneContext, register_pruner
-from .pai import ScorePruner, ScorePrunerConfig
+from ticketlab.errors import check_choice, check_range
+from ticketlab.pruners.base import PruneContext, register_pruner
+from ticketlab.pruners.score_based import ScorePruner, ScorePrunerConfig
 
 
 @dataclass

@@ -8,7 +8,7 @@ buffer to the saved state of optimizer step ``rewind_step`` (0 = the initializat
 kept weights with the normal loop. After ``L`` levels the density is ``0.8^L`` (exactly: each level keeps
 ``num_kept(R, rate)`` of the ``R`` remaining weights).
 
-The levels are stages of one run (:mod:`ticketlab.stages`): each has its own folder
+The levels are stages of one run (:mod:`ticketlab.runner.stages`): each has its own folder
 ``<run>/level_<LL>/``, its own identity and W&B run, and is skipped once completed, so the same
 command continues an interrupted IMP run inside the level it was training. This module is one
 level: it applies the previous level's mask after rewinding, saves the rewind point (level 0) and
@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_range
-from ..masks import attach_dense_masks, load_plain_state_dict, plain_state_dict, select_layers
-from ..phases import TrainState
-from ..results import atomic_torch_save
-from ..selection import global_topk, num_kept
-from .base import PruneContext, Pruner, PrunerConfig, register_pruner
+from ticketlab.errors import ConfigError, check_range
+from ticketlab.files import atomic_torch_save
+from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig, register_pruner
+from ticketlab.pruners.phases import TrainState
+from ticketlab.sparsity.masks import attach_dense_masks, load_plain_state_dict, plain_state_dict, select_layers
+from ticketlab.sparsity.selection import global_topk, num_kept
 
 REWIND_FILE = "rewind.pt"
 NEXT_MASK_FILE = "next_mask.pt"
@@ -81,7 +81,7 @@ class ImpConfig(PrunerConfig):
 
 @register_pruner("imp", ImpConfig)
 class Imp(Pruner):
-    """One IMP level (a stage of the IMP run; :mod:`ticketlab.stages` runs the levels)."""
+    """One IMP level (a stage of the IMP run; :mod:`ticketlab.runner.stages` runs the levels)."""
 
     cfg: ImpConfig
 

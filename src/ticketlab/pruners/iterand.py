@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import check_choice, check_range
-from ..init import WEIGHT_INITS, layer_generator, weight_std
-from ..masks import masked_tensors
-from ..phases import TrainState
-from ..selection import topk_mask
-from .base import PruneContext, register_pruner
-from .edge_popup import EdgePopup, EdgePopupConfig
+from ticketlab.errors import check_choice, check_range
+from ticketlab.init.weights import WEIGHT_INITS, layer_generator, weight_std
+from ticketlab.pruners.base import PruneContext, register_pruner
+from ticketlab.pruners.edge_popup import EdgePopup, EdgePopupConfig
+from ticketlab.pruners.phases import TrainState
+from ticketlab.sparsity.masks import masked_tensors
+from ticketlab.sparsity.selection import topk_mask
 
 
 @dataclass

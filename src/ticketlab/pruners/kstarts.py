@@ -17,7 +17,7 @@ Prune at Initialization", arXiv 2209.02201), optionally combined with dissipatin
   the first ``epochs_to_prune`` epochs (see :mod:`ticketlab.pruners.dissipating_gradients`).
 
 The selection epochs come before, and in addition to, ``trainer.epochs``. Each candidate is a
-:class:`~ticketlab.phases.Phase` (``candidate_0`` ...) run by the training loop, so a run stopped
+:class:`~ticketlab.pruners.phases.Phase` (``candidate_0`` ...) run by the training loop, so a run stopped
 during selection continues inside the candidate it was training.
 """
 
@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import check_choice, check_range
-from ..init import layer_generator
-from ..phases import Phase, TrainState
-from .base import PruneContext, register_pruner
-from .dissipating_gradients import Dissipating, DissipatingConfig
-from .pai import allocate
+from ticketlab.errors import check_choice, check_range
+from ticketlab.init.weights import layer_generator
+from ticketlab.pruners.base import PruneContext, register_pruner
+from ticketlab.pruners.dissipating_gradients import Dissipating, DissipatingConfig
+from ticketlab.pruners.phases import Phase, TrainState
+from ticketlab.pruners.score_based import allocate
 
 
 @dataclass

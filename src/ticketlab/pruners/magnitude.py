@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from .base import PruneContext, register_pruner
-from .pai import ScorePruner, ScorePrunerConfig
+from ticketlab.pruners.base import PruneContext, register_pruner
+from ticketlab.pruners.score_based import ScorePruner, ScorePrunerConfig
 
 
 @dataclass

@@ -40,10 +40,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, check_choice, check_range
-from ..init import layer_generator
-from ..masks import attach_dense_masks, prunable_layers
-from .base import PruneContext, Pruner, PrunerConfig, register_pruner
+from ticketlab.errors import ConfigError, check_choice, check_range
+from ticketlab.init.weights import layer_generator
+from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig, register_pruner
+from ticketlab.sparsity.masks import attach_dense_masks, prunable_layers
 
 
 @dataclass
@@ -364,7 +364,7 @@ class Phew(Pruner):
     def _nested_start(self) -> list[Tensor]:
         from pathlib import Path
 
-        from .from_file import read_masks
+        from ticketlab.pruners.from_file import read_masks
 
         path = Path(self.cfg.nested_from)
         saved = read_masks(path, "pruner.nested_from")

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..init import layer_generator
-from .base import PruneContext, register_pruner
-from .pai import ScorePruner, ScorePrunerConfig
+from ticketlab.init.weights import layer_generator
+from ticketlab.pruners.base import PruneContext, register_pruner
+from ticketlab.pruners.score_based import ScorePruner, ScorePrunerConfig
 
 
 @dataclass

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..masks import masked_tensors
-from .base import PruneContext, register_pruner
-from .pai import ScorePruner, ScorePrunerConfig
+from ticketlab.pruners.base import PruneContext, register_pruner
+from ticketlab.pruners.score_based import ScorePruner, ScorePrunerConfig
+from ticketlab.sparsity.masks import masked_tensors
 
 
 @dataclass

@@ -8,7 +8,7 @@ default; ``double=true`` scores in float64 (deep or very sparse networks under/o
 float32, Synaptic-Flow issue #12).
 
 For the rounds the masks are folded into the weights (``W <- |W| * m``, the masks' parametrizations pass
-the weight through, :attr:`ticketlab.masks.FixedMask.folded`): the forward sees the same values, and at the
+the weight through, :attr:`ticketlab.sparsity.masks.FixedMask.folded`): the forward sees the same values, and at the
 kept entries ``dR/dW`` is the same, so the masks are too, without two elementwise products over every masked
 weight per round. The weights' values are kept aside and put back at the end.
 """
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .. import kernels
-from ..errors import NonFiniteError
-from .base import PruneContext, register_pruner
-from .pai import ScorePruner, ScorePrunerConfig
+from ticketlab.errors import NonFiniteError
+from ticketlab.pruners.base import PruneContext, register_pruner
+from ticketlab.pruners.score_based import ScorePruner, ScorePrunerConfig
+from ticketlab.sparsity import kernels
 
 
 @dataclass
@@ -113,8 +113,9 @@ class Synflow(ScorePruner):
         model(torch.ones((1, *ctx.data.input_shape), dtype=dtype, device=ctx.device)).sum().backward()
 
     def kept_round(self, model: nn.Module, ctx: PruneContext, kept: list[Tensor], total: int) -> list[Tensor] | None:
-        """One round among the kept entries; on the CPU the fused kernel (:func:`ticketlab.kernels.shrink_kept`)
-        scores, selects and zeroes the dropped entries in one call, with the same result as the torch path.
+        """One round among the kept entries; on the CPU the fused kernel
+        (:func:`ticketlab.sparsity.kernels.shrink_kept`) scores, selects and zeroes the dropped entries in one
+        call, with the same result as the torch path.
 
         Raises:
             NonFiniteError: NaN scores.

@@ -26,12 +26,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..errors import ConfigError, check_choice, check_range
-from ..masks import ScoreMask, masked_tensors
-from ..phases import TrainState
-from .base import PruneContext, register_pruner
-from .biprop import BipropMask
-from .edge_popup import EdgePopup, EdgePopupConfig
+from ticketlab.errors import ConfigError, check_choice, check_range
+from ticketlab.pruners.base import PruneContext, register_pruner
+from ticketlab.pruners.biprop import BipropMask
+from ticketlab.pruners.edge_popup import EdgePopup, EdgePopupConfig
+from ticketlab.pruners.phases import TrainState
+from ticketlab.sparsity.masks import ScoreMask, masked_tensors
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A method subclasses :class:`ScorePruner` and implements :meth:`ScorePruner.score`, returning one
 score tensor per prunable weight (same shape; higher = more important). The shared code:
 
-* attaches a :class:`~ticketlab.masks.FixedMask` (all ones) to every selected layer, so scores
+* attaches a :class:`~ticketlab.sparsity.masks.FixedMask` (all ones) to every selected layer, so scores
   are computed on the masked network and the kept weights are then trained by the normal loop;
 * runs ``iterations`` rounds of score -> mask, the kept fraction shrinking to the target with the
   ``exponential`` schedule ``d_k = D^(k/n)`` (SynFlow) or the ``linear`` one ``1 - (1 - D) k / n``
@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, NonFiniteError, check_choice, check_range
-from ..masks import FixedMask, attach_dense_masks, select_layers
-from ..selection import global_topk, num_kept, topk_mask
-from .base import PruneContext, Pruner, PrunerConfig
+from ticketlab.errors import ConfigError, NonFiniteError, check_choice, check_range
+from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig
+from ticketlab.sparsity.masks import FixedMask, attach_dense_masks, select_layers
+from ticketlab.sparsity.selection import global_topk, num_kept, topk_mask
 
 
 @dataclass

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .masks import prunable_layers, underlying
+from ticketlab.sparsity.masks import prunable_layers, underlying
 
 
 @dataclass

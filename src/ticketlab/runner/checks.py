@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ticketlab.errors import ConfigError
 
 
 def cross_checks(rc: Any) -> list[str]:
-    """Rules between groups of a :class:`ticketlab.run.RunConfig`; returns warnings.
+    """Rules between groups of a :class:`ticketlab.runner.run.RunConfig`; returns warnings.
 
     Raises:
         ConfigError: ``scheduler.min_lr`` above ``optimizer.lr`` (the cosine would raise the rate).
@@ -85,7 +85,7 @@ def mask_warnings(structure: Any, sparsity: float) -> list[str]:
     kept weights.
 
     Args:
-        structure: a :class:`ticketlab.mask_structure.MaskStructure` of the masked model.
+        structure: a :class:`ticketlab.sparsity.structure.MaskStructure` of the masked model.
         sparsity: the target sparsity (for the message).
     """
     if structure is None:

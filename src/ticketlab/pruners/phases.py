@@ -8,7 +8,7 @@ continues with the same rate).
 
 A method that trains something before the main training (the projected-SGD phase of
 epsilon-perturbation, the candidate runs of K-starts) declares it as a :class:`Phase`. The loop
-(:mod:`ticketlab.loop`) runs every phase through the same step function as the main training, so
+(:mod:`ticketlab.training.loop`) runs every phase through the same step function as the main training, so
 each of their steps gets mixed precision, batch limits, the non-finite check, the progress bar,
 signals and checkpoints, and a run interrupted inside a phase continues inside it.
 """
@@ -61,7 +61,7 @@ class TrainState:
         process): what a method that fits something on "the last batch" must use to stay rank-independent."""
         if self.batch is None or self.dist is None or not self.dist.enabled or self.dist.world == 1:
             return self.batch
-        from .distributed import gather_batch
+        from ticketlab.distributed import gather_batch
 
         return gather_batch(self.dist, self.batch)
 

@@ -1,6 +1,6 @@
 """The training loop: phases of optimizer steps through one step function, exact checkpoints.
 
-A run trains in phases (:mod:`ticketlab.phases`): the method's pre-training phases, if any, then
+A run trains in phases (:mod:`ticketlab.pruners.phases`): the method's pre-training phases, if any, then
 ``main``, the training the run is about (its optimizer and schedule come from the config; it is
 evaluated and logged every epoch). Every optimizer step of every phase goes through
 :func:`train_step`, so each one gets mixed precision, batch limits, the non-finite check, the
@@ -15,7 +15,7 @@ minutes inside an epoch, at every phase boundary, and when a stop signal arrives
 run is :meth:`Trainer.load_state_dict` followed by :meth:`Trainer.fit`; on the CPU with a fixed
 thread count the continued run is bit-for-bit the uninterrupted one.
 
-Results go to callbacks (:mod:`ticketlab.callbacks`: the ``metrics.jsonl`` file, the tracker,
+Results go to callbacks (:mod:`ticketlab.runner.callbacks`: the ``metrics.jsonl`` file, the tracker,
 the log line), called with each epoch's metric row of the main phase.
 
 Under ``trainer.strategy=ddp`` (:mod:`ticketlab.distributed`) each rank trains on its part of every
@@ -39,18 +39,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed
-from .config import OptimizerConfig, SchedulerConfig, TrainerConfig
-from .data import DataBundle
-from .data.loaders import EpochOrder, eval_batches
-from .errors import Diverged, NonFiniteError
-from .mask_report import sparsity_report
-from .masks import nonfinite_scores
-from .optim import build_optimizer, build_scheduler
-from .phases import Phase, TrainState
-from .pruners import PruneContext, Pruner
-from .results import atomic_torch_save
-from .signals import NoStop, StopRequest
+from ticketlab import distributed
+from ticketlab.config import OptimizerConfig, SchedulerConfig, TrainerConfig
+from ticketlab.data import DataBundle
+from ticketlab.data.loaders import EpochOrder, eval_batches
+from ticketlab.errors import Diverged, NonFiniteError
+from ticketlab.files import atomic_torch_save
+from ticketlab.pruners import PruneContext, Pruner
+from ticketlab.pruners.phases import Phase, TrainState
+from ticketlab.signals import NoStop, StopRequest
+from ticketlab.sparsity.masks import nonfinite_scores
+from ticketlab.sparsity.report import sparsity_report
+from ticketlab.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class MainPhase(Phase):
 
 
 class Callback:
-    """Something the loop tells about progress (see :mod:`ticketlab.callbacks`)."""
+    """Something the loop tells about progress (see :mod:`ticketlab.runner.callbacks`)."""
 
     def on_epoch_end(self, state: TrainState, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """After each evaluated epoch of the main phase (``row`` is the new metric row)."""

@@ -1,5 +1,5 @@
 """The figures of an experiment (matplotlib, each as PNG and PDF), from the tidy table of
-:func:`ticketlab.experiments.collect`.
+:func:`ticketlab.sweeps.experiments.collect`.
 
 * ``accuracy_vs_density``: the metric against density (log axis), one line per table row (method) with its
   std band, the paper's points overlaid (Ramanujan et al. 2020, Fig. 2; Tanaka et al. 2020, Fig. 6 style);
@@ -28,8 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from .experiments import ReportSpec, summary_frame  # noqa: E402
-from .mask_metrics import compare_mask_sets  # noqa: E402
+from ticketlab.sparsity.similarity import compare_mask_sets  # noqa: E402
+from ticketlab.sweeps.experiments import ReportSpec, summary_frame  # noqa: E402
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:

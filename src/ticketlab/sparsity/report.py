@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from .masks import masked_tensors, prunable_layers
+from ticketlab.sparsity.masks import masked_tensors, prunable_layers
 
 
 def mask_dict(model: nn.Module) -> dict[str, Tensor]:

@@ -22,8 +22,8 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from . import kernels
-from .errors import ConfigError, NonFiniteError
+from ticketlab.errors import ConfigError, NonFiniteError
+from ticketlab.sparsity import kernels
 
 
 def num_kept(n: int, sparsity: float) -> int:
@@ -165,7 +165,7 @@ def _keep_from(flat: Tensor, v: Tensor, k: int) -> Tensor:
 def global_topk(keys: list[Tensor], k: int, nonnegative: bool = False) -> list[Tensor]:
     """One exact top-``k`` over several tensors, as if they were concatenated (global pruning).
 
-    Used by every global method alike: :class:`ticketlab.masks.JointTopK` (edge-popup's global scope),
+    Used by every global method alike: :class:`ticketlab.sparsity.masks.JointTopK` (edge-popup's global scope),
     pruning-at-init allocation and IMP's global magnitude pruning.
 
     Args:
@@ -191,7 +191,7 @@ def _nan_error(flat: Tensor, k: int) -> NonFiniteError:
 
 @dataclass
 class BandState:
-    """The band of a :class:`BandSelector` (the torch twin of the C++ ``BandState`` of :mod:`ticketlab.kernels`).
+    """The band of a :class:`BandSelector` (the torch twin of the C++ ``BandState`` of :mod:`.kernels`).
 
     Attributes:
         t: centre (the last threshold), NaN before the first selection.
@@ -228,7 +228,7 @@ class BandSelector:
     def __init__(self) -> None:
         ext = kernels.native()
         # the band lives in `state`: with the kernels built, a C++ object the fused forward of a score mask
-        # (ticketlab.kernels.masked_weight) updates too, so either path can take the next step
+        # (ticketlab.sparsity.kernels.masked_weight) updates too, so either path can take the next step
         self.state = ext.BandState() if ext is not None else BandState()
 
     @property
@@ -274,7 +274,7 @@ class BandSelector:
     def fill(self, scores: Tensor, k: int, absval: bool, out: Tensor) -> None:
         """Write the 0/1 mask of the ``k`` largest keys (``|scores|`` if ``absval``, else ``scores``) into ``out``.
 
-        The same mask as ``self(key, k)``. On the CPU the fused kernels (:mod:`ticketlab.kernels`) do it in
+        The same mask as ``self(key, k)``. On the CPU the fused kernels (:mod:`ticketlab.sparsity.kernels`) do it in
         one pass over the scores instead of about eight.
 
         Args:

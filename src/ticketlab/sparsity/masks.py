@@ -13,12 +13,13 @@ Layers are never replaced: the masks become parametrizations of ``weight`` (and 
 ``bias``) of every Conv/Linear layer ("prunable layers"), so torchvision models work unchanged,
 masks and scores travel in ``state_dict``, and :func:`bake` turns a masked model into a plain one.
 
-Which entries a mask keeps is :mod:`ticketlab.selection` (exact top-k, kept counts); what the masks
-of a model keep is :mod:`ticketlab.mask_report`; biprop's binarised mask lives beside biprop
+Which entries a mask keeps is :mod:`ticketlab.sparsity.selection` (exact top-k, kept counts); what the masks
+of a model keep is :mod:`ticketlab.sparsity.report`; biprop's binarised mask lives beside biprop
 (:mod:`ticketlab.pruners.biprop`). A score mask is recomputed only when its scores change (tracked
 through the tensor version counter), so evaluation batches reuse the mask of the last optimizer
-step, and each recomputation starts from the last threshold (:class:`ticketlab.selection.BandSelector`).
-On the CPU a score mask's step is one C++ call when the kernels are built (:func:`ticketlab.kernels.masked_weight`:
+step, and each recomputation starts from the last threshold (:class:`ticketlab.sparsity.selection.BandSelector`).
+On the CPU a score mask's step is one C++ call when the kernels are built
+(:func:`ticketlab.sparsity.kernels.masked_weight`:
 selection, the kept masked weight updated where the mask changes, and the straight-through node); the Python
 path below takes the steps it declines (first selection, band misses, NaN, other devices and dtypes).
 """
@@ -32,9 +33,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import kernels
-from .errors import ConfigError
-from .selection import BandSelector, num_kept
+from ticketlab.errors import ConfigError
+from ticketlab.sparsity import kernels
+from ticketlab.sparsity.selection import BandSelector, num_kept
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -54,7 +55,7 @@ def score_gradient(grad: Tensor, weight: Tensor, scores: Tensor, signed: bool) -
         signed: the ranking key is ``|S|``.
 
     Returns:
-        ``dL/dS`` (shape of ``scores``); on the CPU one fused pass (:func:`ticketlab.kernels.score_grad`),
+        ``dL/dS`` (shape of ``scores``); on the CPU one fused pass (:func:`ticketlab.sparsity.kernels.score_grad`),
         bit-identical to the torch ops.
 
     Source: Ramanujan et al. 2020, Eq. 2 / Sec. 3 (the top-k is treated as the identity).
@@ -242,7 +243,7 @@ class ScoreMask(MaskBase):
     def forward(self, weight: Tensor) -> Tensor:
         """Masked weight ``W * m`` (shape of ``weight``) with the straight-through gradient.
 
-        On the CPU the fused step takes it (:func:`ticketlab.kernels.masked_weight`); the steps it declines
+        On the CPU the fused step takes it (:func:`ticketlab.sparsity.kernels.masked_weight`); the steps it declines
         (first selection, band misses, NaN, other devices, dtypes and layouts) take :meth:`current_mask` and
         :func:`straight_through`.
         """
@@ -386,7 +387,7 @@ def attach_score_masks(model: nn.Module, layers: list[tuple[str, nn.Module]], sp
                        mask_class: type[ScoreMask] = ScoreMask) -> list[ScoreMask]:
     """Attach a :class:`ScoreMask` (or subclass) to the weight, and optionally the bias, of each layer.
 
-    The scores start at zero; initialize them with :func:`ticketlab.init.init_scores`.
+    The scores start at zero; initialize them with :func:`ticketlab.init.weights.init_scores`.
 
     Args:
         model: the model (only used for naming).

@@ -15,7 +15,7 @@ orthogonal ``W0`` every such layer preserves the norm of the represented signal.
   exactly linear.
 
 Biases (bias std ``g_l = bias_factor * prod_{j <= l} sigma_j``, the running product of the He
-stds ``sqrt(2 / fan_in)``, as :func:`ticketlab.init.he_product_stds`):
+stds ``sqrt(2 / fan_in)``, as :func:`ticketlab.init.weights.he_product_stds`):
 
 * ``ll_paired``: ``[b; -b]``, ``b ~ N(0, g_l^2)`` of size ``ceil(out/2)``;
 * ``ll_dependent``: odd layers (1-based) ``[b; -b]``; even layers ``[-c; c]`` with
@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from ticketlab.errors import ConfigError
 
 
 def check_even_widths(layers: list[tuple[str, nn.Module]], what: str) -> None:

@@ -7,18 +7,18 @@ scripts and tests call directly. In order:
    unresolvable interpolations, seeds, rules between groups. Then, in :func:`setup`, the data,
    the model and the method's own checks. A problem raises :class:`~ticketlab.errors.ConfigError`
    (one paragraph naming the key, the value and what is allowed) before anything is written.
-2. **Find the run** (:mod:`ticketlab.identity`, :mod:`ticketlab.rundir`): the run folder is named
+2. **Find the run** (:mod:`ticketlab.runner.identity`, :mod:`ticketlab.runner.rundir`): the run folder is named
    by a hash of the result-affecting config, or given (``hydra.run.dir``, ``run_dir=``). A
    completed (or diverged) run is skipped; a stopped one continues from ``last.ckpt``;
    ``trainer.resume`` chooses otherwise. A folder holding a different run is never touched.
-3. **Train** (:mod:`ticketlab.loop`) under a stop flag (:mod:`ticketlab.signals`): SIGTERM,
+3. **Train** (:mod:`ticketlab.training.loop`) under a stop flag (:mod:`ticketlab.signals`): SIGTERM,
    SIGUSR1 and SIGINT finish the step, write the checkpoint and stop.
 4. **Report honestly**: ``summary.json`` says ``completed``, ``diverged`` (non-finite loss or
    scores, with where and a hint), ``preempted``/``interrupted`` (the signal and where) or
    ``failed`` (the error's type, message and place; the traceback is in ``train.log``). A
    failure while writing results never hides the error that caused it.
 
-Multi-stage methods (IMP) run each stage this way (:mod:`ticketlab.stages`).
+Multi-stage methods (IMP) run each stage this way (:mod:`ticketlab.runner.stages`).
 
 Files in the run folder: ``run.json`` (identity and attempts), ``metrics.jsonl``,
 ``summary.json``, ``last.ckpt``, ``masks.pt``, ``train.log``, ``.hydra/`` (the composed config and
@@ -44,12 +44,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from . import cluster, distributed, kernels, rundir, stages
-from . import identity as identity_mod
-from . import sweep as _sweep  # noqa: F401  (registers ${tl.sweep_name:} for every Hydra app)
-from .callbacks import LogLine, MetricsFile, TrackerLog
-from .checks import cross_checks, mask_warnings, model_warnings
-from .config import (
+from ticketlab import distributed
+from ticketlab.config import (
     DatasetConfig,
     InitConfig,
     LoggerConfig,
@@ -59,20 +55,26 @@ from .config import (
     SchedulerConfig,
     TrainerConfig,
 )
-from .data import build_data
-from .errors import ConfigError, Diverged, NonFiniteError, Preempted, RunBusy, check_seed, describe
-from .identity import RunIdentity
-from .init import init_weights
-from .loop import Trainer
-from .mask_report import mask_dict, sparsity_report
-from .mask_structure import mask_structure
-from .masks import masked_tensors
-from .models import build_model
-from .pruners import PruneContext, Pruner, PrunerConfig, build_pruner
-from .results import atomic_torch_save, atomic_write_json
-from .signals import StopRequest
-from .stages import StageContext
-from .tracking import Tracker
+from ticketlab.data import build_data
+from ticketlab.errors import ConfigError, Diverged, NonFiniteError, Preempted, RunBusy, check_seed, describe
+from ticketlab.files import atomic_torch_save, atomic_write_json
+from ticketlab.init.weights import init_weights
+from ticketlab.models import build_model
+from ticketlab.pruners import PruneContext, Pruner, PrunerConfig, build_pruner
+from ticketlab.runner import cluster, rundir, stages
+from ticketlab.runner import identity as identity_mod
+from ticketlab.runner.callbacks import LogLine, MetricsFile, TrackerLog
+from ticketlab.runner.checks import cross_checks, mask_warnings, model_warnings
+from ticketlab.runner.identity import RunIdentity
+from ticketlab.runner.stages import StageContext
+from ticketlab.runner.tracking import Tracker
+from ticketlab.signals import StopRequest
+from ticketlab.sparsity import kernels
+from ticketlab.sparsity.masks import masked_tensors
+from ticketlab.sparsity.report import mask_dict, sparsity_report
+from ticketlab.sparsity.structure import mask_structure
+from ticketlab.sweeps import sweep as _sweep  # noqa: F401  (registers ${tl.sweep_name:} for every Hydra app)
+from ticketlab.training.loop import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +180,7 @@ def select_device(name: str) -> torch.device:
     """``auto`` -> ``cuda`` when available, else ``cpu``; other names as given.
 
     In a parallel local sweep on several GPUs, ``auto`` spreads the jobs over them
-    (:func:`ticketlab.cluster.local_gpu`).
+    (:func:`ticketlab.runner.cluster.local_gpu`).
 
     Raises:
         ConfigError: ``cuda``/``mps`` requested but not available.
@@ -409,7 +411,7 @@ def setup(cfg: DictConfig, run_dir: str | Path | None = None, *, initialize: boo
 
 
 def structure_summary(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Mask-structure metrics (:mod:`ticketlab.mask_structure`) for the summary; never raises."""
+    """Mask-structure metrics (:mod:`ticketlab.sparsity.structure`) for the summary; never raises."""
     try:
         st = mask_structure(model, input_shape)
     except Exception as e:  # a metric must never cost the run its results
@@ -437,7 +439,7 @@ class RunLog:
 
     def traceback(self, exc: BaseException) -> None:
         """Write ``exc``'s traceback to the file only (the console gets one line)."""
-        record = logging.LogRecord("ticketlab.run", logging.ERROR, __file__, 0, "traceback:", None,
+        record = logging.LogRecord("ticketlab.runner.run", logging.ERROR, __file__, 0, "traceback:", None,
                                    (type(exc), exc, exc.__traceback__))
         self.handler.handle(record)
 

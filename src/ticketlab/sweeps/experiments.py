@@ -5,7 +5,7 @@ An experiment is a config file ``conf/experiment/<paper>/<table>.yaml`` (``# @pa
 paper's settings, its grid (``hydra.sweeper.params``) and a ``report:`` block (:class:`ReportSpec`) saying how
 the paper laid the result out. The paper's numbers live beside it in ``<table>.csv`` (:func:`paper_numbers`),
 each row with its source. ``scripts/reproduce.py`` launches the sweep, then calls :func:`collect`,
-:func:`markdown_table` and :mod:`ticketlab.plots`.
+:func:`markdown_table` and :mod:`ticketlab.sweeps.plots`.
 
 Every job of the sweep becomes at least one row of the tidy table (:func:`collect`): a run that failed,
 diverged, was stopped or never ran is a row with its status and is listed under the table, never dropped.
@@ -25,11 +25,11 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
-from .results import read_json
+from ticketlab.errors import ConfigError
+from ticketlab.files import read_json
 
 #: Where ``conf/experiment/`` is (the paper numbers' CSV files live beside the YAML files).
-EXPERIMENT_DIR = Path(__file__).resolve().parents[2] / "conf" / "experiment"
+EXPERIMENT_DIR = Path(__file__).resolve().parents[3] / "conf" / "experiment"
 
 KINDS = ("grid", "collapse", "levels")
 METRICS = ("test_acc", "best_test_acc", "test_acc_at_best_val")
@@ -199,7 +199,7 @@ def collect(sweep_dir: Path, spec: ReportSpec,
     """Every job of a sweep as tidy rows (one per run, one per IMP level).
 
     Args:
-        sweep_dir: the sweep folder (``report.json`` and ``jobs/`` written by :mod:`ticketlab.sweep`).
+        sweep_dir: the sweep folder (``report.json`` and ``jobs/`` written by :mod:`ticketlab.sweeps.sweep`).
         spec: the layout, for the key columns.
         locate: finds the run folder of a job that left no record (a sweep still running, or killed) from
             its overrides, so that its finished part (e.g. IMP levels) is tabulated too.
@@ -215,7 +215,7 @@ def collect(sweep_dir: Path, spec: ReportSpec,
     report = read_json(sweep_dir / "report.json")
     jobs = report.get("jobs") if isinstance(report, dict) else None
     if jobs is None and (sweep_dir / "multirun.yaml").exists():  # a sweep still running, or killed
-        from . import sweep
+        from ticketlab.sweeps import sweep
 
         expected = sweep._expected_jobs(OmegaConf.load(sweep_dir / "multirun.yaml"))
         jobs = sweep.report(sweep_dir, expected)[2] if expected else sweep.read_jobs(sweep_dir)

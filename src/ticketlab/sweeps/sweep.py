@@ -30,7 +30,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .results import atomic_write_bytes, atomic_write_json, read_json
+from ticketlab.files import atomic_write_bytes, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def _f(x: Any) -> str:
 def write_report(sweep_dir: Path, expected: list[list[str]] | None) -> int:
     """Print the report, write ``report.md`` and ``report.json`` in the sweep folder (rank 0 of a DDP
     sweep only); return the exit code (on every rank)."""
-    from .distributed import current_rank
+    from ticketlab.distributed import current_rank
 
     text, code, rows = report(sweep_dir, expected)
     if current_rank() != 0:

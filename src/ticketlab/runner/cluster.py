@@ -25,7 +25,7 @@ import sys
 
 from omegaconf import OmegaConf
 
-from .errors import Preempted
+from ticketlab.errors import Preempted
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def local_gpu(device_count: int) -> int | None:
         return None
     from hydra.core.hydra_config import HydraConfig
 
-    from .sweep import in_multirun
+    from ticketlab.sweeps.sweep import in_multirun
 
     return int(HydraConfig.get().job.num) % device_count if in_multirun() else None
 

@@ -2,11 +2,11 @@
 
 A method whose run is a sequence of trainings registers a *stage plan* here
 (:func:`register_stages`): a function of the validated config returning the stages in order.
-:func:`ticketlab.run.run` asks :func:`plan` for every run; a run with a plan executes each stage
+:func:`ticketlab.runner.run.run` asks :func:`plan` for every run; a run with a plan executes each stage
 as a run of its own:
 
 * its folder is ``<run>/<stage name>/``, its identity the run's plus the stage name
-  (:meth:`ticketlab.identity.RunIdentity.child`), with its own ``run.json``, checkpoint, summary
+  (:meth:`ticketlab.runner.identity.RunIdentity.child`), with its own ``run.json``, checkpoint, summary
   and W&B run (grouped under the parent run);
 * a completed stage is skipped, so the same command continues an interrupted multi-stage run in
   the stage it was in (and that stage from its checkpoint);
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .identity import RunIdentity
-from .registry import Registry
-from .results import atomic_write_json, read_json
+from ticketlab.errors import ConfigError
+from ticketlab.files import atomic_write_json, read_json
+from ticketlab.registry import Registry
+from ticketlab.runner.identity import RunIdentity
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def register_stages(pruner: str) -> Callable[[StagePlan], StagePlan]:
 
 
 def plan(rc: Any) -> list[Stage] | None:
-    """The stages of the run ``rc`` (a :class:`ticketlab.run.RunConfig`), or ``None`` for a single run.
+    """The stages of the run ``rc`` (a :class:`ticketlab.runner.run.RunConfig`), or ``None`` for a single run.
 
     Raises:
         ConfigError: the plan cannot be carried out with these settings.

@@ -17,7 +17,7 @@ He et al. 2015, Eq. 10), as in Ramanujan et al. 2020, Sec. 4 / allenai/hidden-ne
 * ``signed_constant``: ``sigma * sign(z)``, ``z ~ N(0, 1)`` (+-sigma with equal probability);
 * ``unsigned_constant``: ``+sigma`` everywhere (an ablation of Ramanujan et al.);
 * ``xavier_normal``: ``N(0, 2 / (fan_in + fan_out))`` (Glorot & Bengio 2010, unit gain);
-* ``ortho_ll``: looks-linear orthogonal weights (:mod:`ticketlab.looks_linear`), unit gain.
+* ``ortho_ll``: looks-linear orthogonal weights (:mod:`ticketlab.init.looks_linear`), unit gain.
 
 With ``scale_fan`` the std (for ``ortho_ll``: the weight) is divided by ``sqrt(density)``
 (``paper``) or by ``sqrt(1 - density)`` (``reference_code``: what hidden-networks computes, its
@@ -29,7 +29,7 @@ RelationalML/NonZeroBiases ``initializers.py``): ``zero``; ``default`` (PyTorch'
 product of the He stds ``sqrt(2 / fan_in_j)`` (density-scaled with ``scale_fan``) over the
 prunable layers in order; ``ll_paired`` and ``ll_dependent`` for ``ortho_ll`` networks.
 
-Score initializers (for :class:`ticketlab.masks.ScoreMask`):
+Score initializers (for :class:`ticketlab.sparsity.masks.ScoreMask`):
 
 * ``default``: PyTorch's default layer init, Kaiming-uniform with ``a = sqrt(5)``, i.e.
   ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` -- what edge-popup, biprop and weight recycling use;
@@ -46,8 +46,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .config import InitConfig
-from .registry import Registry
+from ticketlab.config import InitConfig
+from ticketlab.registry import Registry
 
 WEIGHT_INITS: Registry[Callable[[tuple[int, ...], float, torch.Generator], Tensor]] = Registry("init")
 SCORE_INITS: Registry[Callable[[tuple[int, ...], int, torch.Generator], Tensor]] = Registry("score_init")
@@ -103,7 +103,7 @@ def xavier_normal(shape: tuple[int, ...], std: float, gen: torch.Generator) -> T
 @WEIGHT_INITS.register("ortho_ll")
 def ortho_ll_placeholder(shape: tuple[int, ...], std: float, gen: torch.Generator) -> Tensor:
     """Looks-linear weights need the layer's position: :func:`init_weights` builds them with
-    :func:`ticketlab.looks_linear.ll_weight`; this entry only registers the name (and serves
+    :func:`ticketlab.init.looks_linear.ll_weight`; this entry only registers the name (and serves
     IteRand redraws with a plain orthogonal-scale normal)."""
     return torch.randn(shape, generator=gen) * std
 
@@ -196,8 +196,8 @@ def init_weights(model: nn.Module, cfg: InitConfig, seed: int,
         ConfigError: unknown ``cfg.name``; a looks-linear init on a layer (other than the last)
             with an odd output width.
     """
-    from .looks_linear import check_even_widths, ll_biases, ll_weight
-    from .masks import prunable_layers
+    from ticketlab.init.looks_linear import check_even_widths, ll_biases, ll_weight
+    from ticketlab.sparsity.masks import prunable_layers
 
     sample = WEIGHT_INITS.get(cfg.name)
     wseed = seed if cfg.weight_seed is None else cfg.weight_seed

@@ -15,7 +15,7 @@ idea of facebookresearch/open_lth, ``foundations/desc.py``):
   key's default reproduces the old behaviour (open_lth's "backwards-compatible defaults" rule);
   ``tests/test_identity.py`` pins the ids of a few configs so that a change is never silent.
 
-Stages of a multi-stage run (IMP levels, :mod:`ticketlab.stages`) have their own identity: the
+Stages of a multi-stage run (IMP levels, :mod:`ticketlab.runner.stages`) have their own identity: the
 parent's values plus the stage name.
 
 Hydra asks :func:`run_dir_resolver` (``${tl.run_dir:}`` in ``conf/config.yaml``) for the job's

@@ -1,6 +1,6 @@
 """What the training loop reports each epoch: the metrics file, the tracker, the log line.
 
-Each is a :class:`ticketlab.loop.Callback` (modelled on facebookresearch/open_lth's
+Each is a :class:`ticketlab.training.loop.Callback` (modelled on facebookresearch/open_lth's
 ``training/standard_callbacks.py``): the loop calls ``on_epoch_end(state, row, history)`` after
 each evaluated epoch of the main phase, and ``on_resume(state, history)`` after loading a
 checkpoint, so that what was written after that checkpoint by an attempt that died is replaced.
@@ -12,13 +12,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .loop import Callback
-from .mask_report import sparsity_report
-from .phases import TrainState
-from .results import atomic_write_jsonl
-from .tracking import Tracker
+from ticketlab.files import atomic_write_jsonl
+from ticketlab.pruners.phases import TrainState
+from ticketlab.runner.tracking import Tracker
+from ticketlab.sparsity.report import sparsity_report
+from ticketlab.training.loop import Callback
 
-log = logging.getLogger("ticketlab.loop")
+log = logging.getLogger("ticketlab.training.loop")
 
 
 class MetricsFile(Callback):
@@ -45,7 +45,7 @@ class TrackerLog(Callback):
     """Each epoch's row and per-layer densities to the tracker (W&B), at step = epoch.
 
     Args:
-        tracker: the run's :class:`~ticketlab.tracking.Tracker`.
+        tracker: the run's :class:`~ticketlab.runner.tracking.Tracker`.
     """
 
     def __init__(self, tracker: Tracker) -> None:

@@ -5,7 +5,7 @@ summary. The mode is ``offline`` unless ``logger.mode`` or ``$WANDB_MODE`` says 
 run waits on a login prompt or a network.
 
 * **One W&B run per run.** The W&B run id derives from the run identity
-  (:mod:`ticketlab.identity`: the first 16 hex digits of its hash, plus ``-g<n>`` after ``n - 1``
+  (:mod:`ticketlab.runner.identity`: the first 16 hex digits of its hash, plus ``-g<n>`` after ``n - 1``
   fresh restarts) and ``resume="allow"``, so a resumed or re-launched run (a Slurm requeue
   included) continues its own W&B run instead of starting a second one.
 * **Names, groups, types.** The display name is the run folder's name (method, model, dataset,
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .config import LoggerConfig
+from ticketlab.config import LoggerConfig
 
 log = logging.getLogger(__name__)
 

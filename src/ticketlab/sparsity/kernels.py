@@ -10,12 +10,12 @@ networks (LeNet-300-100) those passes cost more than the dense step itself. C++ 
   the masked weight returned through a C++ autograd node whose backward is the straight-through score
   gradient (written over the incoming gradient when nothing else holds it);
 * :func:`band_select` -- the band selection itself, writing the float mask and the masked weight (fresh,
-  or incrementally), used by :class:`ticketlab.selection.BandSelector`; :func:`full_select` for small
+  or incrementally), used by :class:`ticketlab.sparsity.selection.BandSelector`; :func:`full_select` for small
   tensors;
 * :func:`shrink_kept` -- one round of SynFlow's global top-k among the weights kept so far, scored,
   selected and applied to the masks in one call;
 * :func:`score_grad` -- the straight-through score gradient ``dL/dS = g * W (* sign(S))``
-  (used by :func:`ticketlab.masks.straight_through`).
+  (used by :func:`ticketlab.sparsity.masks.straight_through`).
 
 They give bit-identical results to the torch ops they replace (the tests compare them). They are
 compiled on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler and ``ninja`` are
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from ticketlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def band_select(scores: Tensor, absval: bool, lo: float, hi: float, k: int, out:
     One pass writes ``out[i] = 1`` for ``key > hi`` and 0 elsewhere and gathers the band entries; the
     ``(k - #above)``-th largest band entry is the threshold ``v``; band entries above ``v`` are kept, then
     entries equal to ``v`` lowest flat index first: exactly ``k`` kept, the same mask as
-    :func:`ticketlab.selection.topk_mask`. With ``weight`` and ``product``, the same pass writes
+    :func:`ticketlab.sparsity.selection.topk_mask`. With ``weight`` and ``product``, the same pass writes
     ``product = weight * out`` (the masked weight of the forward pass).
 
     With ``incremental``, ``out`` (and ``product``) already hold an earlier selection of the same tensors
@@ -145,7 +145,7 @@ def shrink_kept(weights: list[Tensor], grads: list[Tensor], kept: list[Tensor], 
                 total: int, zero_weights: bool = False) -> tuple[int, list[Tensor]] | None:
     """One global top-``total`` round among the kept entries of several tensors, scored ``|w * g|`` (SynFlow).
 
-    The same result as :func:`ticketlab.pruners.pai.shrink_global` on the scores ``|g[i] * w[i]|`` (rounded to
+    The same result as :func:`ticketlab.pruners.score_based.shrink_global` on the scores ``|g[i] * w[i]|`` (rounded to
     float32) of the kept entries: ties at the threshold are kept lowest position first (tensor order, then
     index). The kernel zeroes ``masks[t]`` at the dropped entries itself (and ``weights[t]`` with
     ``zero_weights``: weights that hold their masks folded in stay so) and moves the kept indices to the front
@@ -176,13 +176,13 @@ def shrink_kept(weights: list[Tensor], grads: list[Tensor], kept: list[Tensor], 
 
 
 def masked_weight(absval: bool) -> Any | None:
-    """The fused CPU step of one :class:`ticketlab.masks.ScoreMask`, or ``None`` when the kernels are not built.
+    """The fused CPU step of one :class:`~ticketlab.sparsity.masks.ScoreMask` (``None``: kernels not built).
 
     The returned object's ``forward(state, weight, scores, mask, k)`` does, in one call: if the scores changed
     since its last call, the exact top-``k`` of the key (``|scores|`` if ``absval``) inside the band of
-    ``state`` (the :class:`ticketlab.selection.BandSelector`'s state, updated like its ``_update``), written
+    ``state`` (the :class:`ticketlab.sparsity.selection.BandSelector`'s state, updated like its ``_update``), written
     into ``mask``, with ``weight * mask`` kept between calls and updated only where the mask changes; then
-    the masked weight with the straight-through gradient (:func:`ticketlab.masks.straight_through`, as a C++
+    the masked weight with the straight-through gradient (:func:`ticketlab.sparsity.masks.straight_through`, as a C++
     autograd node). It returns ``None`` when the Python path must take the step: a tensor that is not a
     dense float32 CPU tensor with the scores' sizes and strides (small tensors: contiguous), ``k`` outside
     ``[1, n)``, no band yet, a band miss, NaN scores. Writes bump the version counters of ``mask`` and of

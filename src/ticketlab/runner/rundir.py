@@ -1,6 +1,6 @@
 """A run folder: what it holds, who may write to it, and what the same command does with it.
 
-Every run folder carries ``run.json`` (the run's identity, :mod:`ticketlab.identity`, and one
+Every run folder carries ``run.json`` (the run's identity, :mod:`ticketlab.runner.identity`, and one
 record per attempt: start and end time, host, process, Slurm job, overrides, where it resumed
 from and how it ended). :func:`decide` turns the folder's state and ``trainer.resume`` into one of
 four actions:
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, RunBusy
-from .identity import RunIdentity, describe_difference
-from .results import atomic_write_json, read_json
+from ticketlab.errors import ConfigError, RunBusy
+from ticketlab.files import atomic_write_json, read_json
+from ticketlab.runner.identity import RunIdentity, describe_difference
 
 RUN_RECORD = "run.json"
 SUMMARY = "summary.json"

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from .config import AdamConfig, OptimizerConfig, SchedulerConfig, SGDConfig
-from .errors import ConfigError
+from ticketlab.config import AdamConfig, OptimizerConfig, SchedulerConfig, SGDConfig
+from ticketlab.errors import ConfigError
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
