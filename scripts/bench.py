@@ -45,12 +45,15 @@ from hydra import compose
 from omegaconf import DictConfig
 
 import ticketlab.sparsity.masks as masks
+from ticketlab import resolvers
 from ticketlab.data import build_data
 from ticketlab.files import atomic_write_json
 from ticketlab.init.weights import init_weights
 from ticketlab.models import build_model
 from ticketlab.pruners import PruneContext, build_pruner
-from ticketlab.runner.run import hydra_run_dir, resolve, select_device
+from ticketlab.runner import hydra_job
+from ticketlab.runner.devices import select_device
+from ticketlab.runner.validate import resolve
 from ticketlab.training.loop import train_step
 from ticketlab.training.optim import build_optimizer
 
@@ -274,6 +277,9 @@ def bench_suite(cfg: DictConfig) -> tuple[dict[str, Any], str]:
     return res, "\n".join(rows)
 
 
+resolvers.register()  # every schema and resolver, before Hydra composes conf/bench.yaml
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
     """Run the benchmark described in the module docstring."""
@@ -282,7 +288,7 @@ def main(cfg: DictConfig) -> None:
     for key in ("steps", "conv_steps", "instances", "conv_instances"):
         if not isinstance(cfg.bench[key], int) or cfg.bench[key] < 1:
             raise SystemExit(f"bench.{key}={cfg.bench[key]!r} is not allowed; allowed: an integer >= 1.")
-    out = hydra_run_dir() / "bench.json"
+    out = hydra_job.run_dir() / "bench.json"
     if cfg.bench.what == "pai":
         atomic_write_json(out, bench_pai(cfg))
         return

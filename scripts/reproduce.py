@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
-import ticketlab.runner.run  # noqa: F401  (registers the config schemas and the resolvers)
+from ticketlab import resolvers
 from ticketlab.errors import ConfigError
 from ticketlab.files import atomic_write_bytes
 from ticketlab.runner.identity import compute, runs_root
@@ -37,6 +37,7 @@ from ticketlab.sweeps.experiments import ReportSpec, collect, experiment_names, 
 from ticketlab.sweeps.plots import all_plots
 
 ROOT = Path(__file__).resolve().parents[1]
+resolvers.register()  # every schema and resolver, before an experiment config is composed
 CONF = ROOT / "conf"
 
 

@@ -10,11 +10,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import ticketlab.runner.run  # noqa: F401  (registers every schema before composing)
+from ticketlab import resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+resolvers.register()  # every schema and resolver, before any test composes a config
 
 # Fast settings for in-process runs: no W&B, no progress bars, few epochs.
 FAST = ["logger=none", "trainer.progress=false", "trainer.epochs=2"]
@@ -44,6 +46,24 @@ def compose_cfg(*overrides: str, config_name: str = "config") -> DictConfig:
 def cfg_factory():
     """``cfg_factory(*overrides)`` -> composed config with the FAST settings first."""
     return lambda *o: compose_cfg(*FAST, *o)
+
+
+@pytest.fixture(scope="session")
+def masks_file(tmp_path_factory) -> Path:
+    """A ``masks.pt`` for the default model on digits (random masks at sparsity 0.5), for ``pruner=from_file``."""
+    from ticketlab.runner.build import setup
+    from ticketlab.sparsity.report import mask_dict
+
+    folder = tmp_path_factory.mktemp("masks")
+    job = setup(compose_cfg(*FAST, "pruner=random", "pruner.sparsity=0.5", "init=kaiming_normal"), run_dir=folder)
+    path = folder / "masks.pt"
+    torch.save({"masks": mask_dict(job.trainer.model)}, path)
+    return path
+
+
+def method_of(overrides: list[str]) -> str:
+    """The method a case's overrides select (``edge_popup``, the default, when none does)."""
+    return next((o.split("=", 1)[1] for o in overrides if o.startswith("pruner=")), "edge_popup")
 
 
 def _data_root() -> Path | None:

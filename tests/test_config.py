@@ -9,7 +9,8 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from ticketlab.config import TrainerConfig
 from ticketlab.errors import ConfigError
 from ticketlab.pruners import PRUNERS
-from ticketlab.runner.run import resolve, run
+from ticketlab.runner.run import run
+from ticketlab.runner.validate import resolve
 
 from .conftest import CONF, compose_cfg
 

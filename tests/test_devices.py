@@ -12,11 +12,12 @@ import math
 import pytest
 import torch
 
-from ticketlab.runner.run import run, setup
+from ticketlab.runner.build import setup
+from ticketlab.runner.run import run
 from ticketlab.sparsity.masks import ScoreMask, masked_tensors
 from ticketlab.sparsity.report import sparsity_report
 
-from .conftest import DEVICES
+from .conftest import DEVICES, method_of
 
 #: One short run per method (digits, a few batches): what each method's step needs to run at all.
 METHODS = {
@@ -34,22 +35,31 @@ METHODS = {
     "synflow": ["pruner=synflow", "pruner.iterations=5", "init=kaiming_normal"],
     "phew": ["pruner=phew", "init=kaiming_normal"],
     "dense": ["pruner=dense", "pruner.sparsity=0"],
+    "from_file": ["pruner=from_file", "pruner.path={masks}", "pruner.sparsity=0.5", "init=kaiming_normal"],
+    "imp": ["pruner=imp", "init=kaiming_normal"],  # level 0 of IMP: dense training with all-ones masks
 }
 SHORT = ["trainer.epochs=2", "trainer.limit_train_batches=4", "optimizer.lr=0.05"]
+
+
+def test_every_registered_method_has_a_device_case():
+    from ticketlab.pruners import PRUNERS
+
+    assert sorted(set(PRUNERS.names()) - {method_of(o) for o in METHODS.values()}) == [], \
+        "registered methods without a device case"
 
 
 @pytest.mark.devices
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", list(METHODS))
-def test_every_method_trains_on_the_device_with_bf16_autocast(cfg_factory, tmp_path, device, method):
-    job = setup(cfg_factory(*SHORT, *METHODS[method], f"trainer.device={device}", "trainer.amp=true"),
-                run_dir=tmp_path)
+def test_every_method_trains_on_the_device_with_bf16_autocast(cfg_factory, tmp_path, masks_file, device, method):
+    overrides = [o.format(masks=masks_file) for o in METHODS[method]]
+    job = setup(cfg_factory(*SHORT, *overrides, f"trainer.device={device}", "trainer.amp=true"), run_dir=tmp_path)
     job.trainer.fit()
     model = job.trainer.model
     assert all(p.device.type == device for p in model.parameters())
     assert all(b.device.type == device for b in model.buffers())
     assert all(math.isfinite(r["train_loss"]) for r in job.trainer.history)
-    target = 1.0 - job.rc.pruner.sparsity
+    target = 1.0 if method == "imp" else job.rc.pruner.density  # IMP's level 0 trains dense
     rep = sparsity_report(model)
     assert rep.kept == pytest.approx(target * rep.total, abs=len(rep.layers) + 1)
 

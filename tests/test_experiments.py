@@ -15,9 +15,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import ticketlab.runner.run  # noqa: F401  (registers the schemas)
 from ticketlab.errors import ConfigError
-from ticketlab.runner.run import resolve
+from ticketlab.runner.validate import resolve
 from ticketlab.sweeps.experiments import (
     ReportSpec,
     critical_compression,

@@ -12,7 +12,7 @@ import torch
 
 from ticketlab.errors import ConfigError, NonFiniteError
 from ticketlab.pruners.score_based import shrink_global
-from ticketlab.runner.run import setup
+from ticketlab.runner.build import setup
 from ticketlab.sparsity import kernels
 from ticketlab.sparsity.masks import ScoreMask, attach, masked_tensors, score_gradient
 from ticketlab.sparsity.selection import BandSelector, num_kept, topk_mask

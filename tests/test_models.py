@@ -17,7 +17,7 @@ def n_weights(model: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("name,shape,expected", [
-    # shared/docs/strong-tickets.md Sec. 0.4 (bias-free, 32x32x3 inputs; MNIST for LeNet-300-100)
+    # Ramanujan et al. 2020, Table 1 / Frankle & Carbin 2019, Fig. 2 (bias-free, 32x32x3 inputs; MNIST for LeNet)
     ("lenet300_100", (1, 28, 28), 266_200),
     ("conv2", (3, 32, 32), 4_300_992),
     ("conv4", (3, 32, 32), 2_425_024),
@@ -40,11 +40,19 @@ def test_every_model_builds_for_cifar_shapes(name):
         assert model(torch.randn(3, 3, 32, 32)).shape == (3, 100)
 
 
-def test_registry_covers_the_config_options():
+@pytest.mark.parametrize("group", ["model", "dataset", "init", "pruner"])
+def test_yaml_options_and_registry_agree_both_ways(group):
+    """Every ``conf/<group>/*.yaml`` names a registered entry, and every registered entry has its YAML."""
+    from ticketlab.data import DATASETS
+    from ticketlab.init.weights import WEIGHT_INITS
+    from ticketlab.pruners import PRUNERS
+
     from .conftest import CONF
 
-    yaml_names = {p.stem for p in (CONF / "model").glob("*.yaml")}
-    assert yaml_names <= set(MODELS.names())
+    registry = {"model": MODELS, "dataset": DATASETS, "init": WEIGHT_INITS, "pruner": PRUNERS}[group]
+    yaml_names = {p.stem for p in (CONF / group).glob("*.yaml")}
+    assert sorted(yaml_names - set(registry.names())) == [], f"conf/{group}/ options without a registered {group}"
+    assert sorted(set(registry.names()) - yaml_names) == [], f"registered {group}s without conf/{group}/<name>.yaml"
 
 
 def test_width_multiplier_scales_hidden_widths_only():
@@ -80,16 +88,18 @@ def test_unknown_model_lists_options():
         build_model(ModelConfig(name="alexnet"), (3, 32, 32), 10)
 
 
-def test_resnet_fixed_stem_width():
-    """IteRand's reference keeps a 64-channel stem at every width factor (``model.stem_width``)."""
-    from ticketlab.config import ModelConfig
-    from ticketlab.errors import ConfigError
-    from ticketlab.models import build_model
+def test_resnet_fixed_stem_width(cfg_factory):
+    """IteRand's reference keeps a 64-channel stem at every width factor (``model.stem_width``); models that
+    do not declare the trait refuse it when the config is validated."""
+    from ticketlab.runner.validate import resolve
 
     model = build_model(ModelConfig(name="resnet18", width_mult=0.5, stem_width=64), (3, 32, 32), 10)
     assert model.conv1.out_channels == 64 and model.layers[0].conv1.in_channels == 64
     assert model.layers[0].conv1.out_channels == 32 and not isinstance(model.layers[0].shortcut, torch.nn.Identity)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert build_model(ModelConfig(name="resnet18", width_mult=0.5), (3, 32, 32), 10).conv1.out_channels == 32
-    with pytest.raises(ConfigError, match="model.stem_width=64 applies to the CIFAR ResNets"):
-        ModelConfig(name="conv6", stem_width=64)
+    assert MODELS.with_trait("stem_width") == ["resnet18", "resnet20", "resnet34"]
+    with pytest.raises(ConfigError, match=r"model.stem_width=64 applies to resnet18, resnet20, resnet34, not "
+                                          r"model.name='conv6'"):
+        resolve(cfg_factory("model=conv6", "model.stem_width=64"))
+    assert resolve(cfg_factory("model=resnet20", "dataset=cifar10", "model.stem_width=16")).model.stem_width == 16

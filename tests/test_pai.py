@@ -234,7 +234,7 @@ def test_data_dependent_scores_need_batches():
 
 
 def test_scoring_does_not_change_the_training_order(cfg_factory, tmp_path):
-    from ticketlab.runner.run import setup
+    from ticketlab.runner.build import setup
 
     plain = setup(cfg_factory("pruner=magnitude", "init=kaiming_normal"), run_dir=tmp_path / "a")
     snip = setup(cfg_factory("pruner=snip", "pruner.data_batches=3", "init=kaiming_normal"), run_dir=tmp_path / "b")
@@ -427,7 +427,7 @@ def test_imp_levels_density_and_exact_rewind(cfg_factory, tmp_path):
     assert s["density"] == pytest.approx(0.8 ** 3, abs=1e-4) and s["stages_total"] == 4
     assert [lv["stage"] for lv in s["stages"]] == ["level_00", "level_01", "level_02", "level_03"]
     rewind = torch.load(tmp_path / "rewind.pt", weights_only=False)
-    from ticketlab.runner.run import setup
+    from ticketlab.runner.build import setup
     from ticketlab.runner.stages import StageContext
 
     stage = setup(cfg_factory("pruner=imp", "pruner.levels=3", "init=kaiming_normal"), run_dir=tmp_path / "probe",
@@ -467,11 +467,11 @@ def test_imp_target_sparsity_sets_levels():
 
 # --------------------------------------------------------------------------- K-starts / dissipating gradients
 def test_dissipating_removes_the_least_moved_weights(cfg_factory, tmp_path):
-    from ticketlab.runner.run import setup
+    from ticketlab.runner.build import setup
 
     job = setup(cfg_factory("pruner=dissipating_gradients", "pruner.epochs_to_prune=2", "pruner.sparsity=0.8",
                             "init=kaiming_normal", "optimizer.lr=0.05", "trainer.epochs=3"), run_dir=tmp_path)
-    pruner, trainer = job.trainer.pruner, job.trainer
+    pruner, trainer = job.pruner, job.trainer
     after_epoch_1 = {}
     hook = pruner.on_epoch_end
 
@@ -512,12 +512,12 @@ def test_kstarts_selects_by_fitness_rank_sum():
 
 
 def test_kstarts_candidates_share_the_init_and_winner_continues(cfg_factory, tmp_path):
-    from ticketlab.runner.run import setup
+    from ticketlab.runner.build import setup
 
     job = setup(cfg_factory("pruner=kstarts", "pruner.k=3", "pruner.sparsity=0.8", "init=kaiming_normal",
                             "trainer.epochs=0"), run_dir=tmp_path)
     job.trainer.fit()  # the three candidates train, the fittest is chosen
-    pruner = job.trainer.pruner
+    pruner = job.pruner
     assert len(pruner.fitness) == 3 and 0 <= pruner.winner < 3
     assert all(f["grad_accum"] > 0 and f["magnitude"] > 0 for f in pruner.fitness)
     assert sparsity_report(job.trainer.model).density == pytest.approx(0.2, abs=1e-3)

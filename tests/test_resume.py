@@ -21,6 +21,8 @@ from ticketlab.errors import Preempted
 from ticketlab.files import read_jsonl
 from ticketlab.runner.run import run
 
+from .conftest import method_of
+
 TIMING = ("epoch_s", "images_per_s")
 
 
@@ -84,12 +86,23 @@ CASES = {
     "grasp": (["pruner=grasp", "init=kaiming_normal", "optimizer.lr=0.05"], 30),
     "synflow": (["pruner=synflow", "pruner.iterations=5", "init=kaiming_normal", "optimizer.lr=0.05"], 30),
     "phew": (["pruner=phew", "init=kaiming_normal", "optimizer.lr=0.05"], 30),
+    "from_file": (["pruner=from_file", "pruner.path={masks}", "init=kaiming_normal", "optimizer.lr=0.05"], 30),
 }
+#: Methods whose resume is tested by a test of their own.
+OWN_TESTS = {"imp": "test_imp_stopped_mid_level_resumes_that_level"}
+
+
+def test_every_registered_method_has_a_resume_case():
+    from ticketlab.pruners import PRUNERS
+
+    covered = {method_of(overrides) for overrides, _ in CASES.values()} | set(OWN_TESTS)
+    assert sorted(set(PRUNERS.names()) - covered) == [], "registered methods without a stop-and-resume case"
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_stopped_and_resumed_equals_uninterrupted(cfg_factory, tmp_path, monkeypatch, name):
+def test_stopped_and_resumed_equals_uninterrupted(cfg_factory, tmp_path, monkeypatch, masks_file, name):
     overrides, step = CASES[name]
+    overrides = [o.format(masks=masks_file) for o in overrides]
     twin = run(cfg_factory(*overrides), run_dir=tmp_path / "twin")
     assert twin["status"] == "completed"
     with monkeypatch.context() as m:

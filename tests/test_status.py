@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-import ticketlab.runner.run
+import ticketlab.runner.attempt
+import ticketlab.runner.build
 import ticketlab.training.loop
 from ticketlab.errors import ConfigError
 from ticketlab.runner.identity import compute
@@ -98,8 +99,8 @@ def test_a_full_disk_while_reporting_never_hides_the_error(cfg_factory, tmp_path
 
     with monkeypatch.context() as m:
         crash_at(m, 5, RuntimeError("the real problem"))
-        m.setattr(ticketlab.runner.run, "atomic_write_json", no_space)
-        m.setattr(ticketlab.runner.run, "atomic_torch_save", no_space)
+        m.setattr(ticketlab.runner.attempt, "atomic_write_json", no_space)
+        m.setattr(ticketlab.runner.attempt, "atomic_torch_save", no_space)
         with pytest.raises(RuntimeError, match="the real problem"):
             run(cfg_factory(), run_dir=tmp_path)
     assert "could not write summary.json (OSError: [Errno 28] No space left on device)" in caplog.text
@@ -110,7 +111,7 @@ def test_a_crash_while_building_is_recorded(cfg_factory, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise MemoryError("cannot allocate the model")
 
-    monkeypatch.setattr(ticketlab.runner.run, "build_model", broken)
+    monkeypatch.setattr(ticketlab.runner.build, "build_model", broken)
     with pytest.raises(MemoryError):
         run(cfg_factory(), run_dir=tmp_path)
     s = summary_of(tmp_path)

@@ -19,7 +19,7 @@ from ticketlab.pruners.eps_perturbation import EpsPerturbationConfig
 from ticketlab.pruners.iterand import IteRandConfig
 from ticketlab.pruners.phases import TrainState
 from ticketlab.pruners.weight_recycling import WeightRecyclingConfig
-from ticketlab.runner.run import setup
+from ticketlab.runner.build import setup
 from ticketlab.sparsity.masks import attach_score_masks, masked_tensors, prunable_layers, score_groups, select_layers
 from ticketlab.sparsity.report import sparsity_report
 from ticketlab.sparsity.selection import num_kept, num_kept_percentile

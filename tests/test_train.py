@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ticketlab.files import read_jsonl
-from ticketlab.runner.run import run, setup
+from ticketlab.runner.build import setup
+from ticketlab.runner.run import run
 from ticketlab.sparsity.masks import masked_tensors
 from ticketlab.sparsity.report import mask_dict
 

@@ -18,13 +18,15 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from ticketlab import distributed
+from ticketlab import distributed, resolvers
 from ticketlab.errors import EXIT_CODES, ConfigError, Preempted, RunBusy, describe
 from ticketlab.runner import cluster
 from ticketlab.runner.run import run
 from ticketlab.sweeps import sweep
 
 log = logging.getLogger("ticketlab")
+
+resolvers.register()  # before Hydra composes a config, in this process and in every launcher's job process
 
 #: Exit code of the last single job (a sweep's code is :data:`ticketlab.sweeps.sweep.EXIT`).
 EXIT: dict[str, int] = {"job": 0}

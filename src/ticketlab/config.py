@@ -2,8 +2,8 @@
 
 Each YAML option lists its schema first in its defaults list (``/schema/<group>/<name>@_here_``),
 so a misspelled key or a wrong type fails at compose time with Hydra's own message. Range and
-cross-field rules live in ``__post_init__`` and run when :func:`ticketlab.runner.run.run` converts the
-composed config with ``OmegaConf.to_object`` (the maintainers' recommended pattern, hydra #981),
+cross-field rules live in ``__post_init__`` and run when :func:`ticketlab.runner.validate.resolve`
+converts the composed config with ``OmegaConf.to_object`` (the maintainers' recommended pattern, hydra #981),
 i.e. before any data is loaded or any training starts.
 
 Pruner schemas live next to their pruner (``ticketlab/pruners/<method>.py``), so adding a method
@@ -70,15 +70,13 @@ class PathsConfig:
             check_path(f"paths.{key}", getattr(self, key))
 
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet", "imagenet")
-
-
 @dataclass
 class DatasetConfig:
     """``dataset=`` group. See :mod:`ticketlab.data` for each dataset.
 
     Attributes:
-        name: dataset key (one of :data:`DATASETS`).
+        name: dataset key (a name registered in :data:`ticketlab.data.registry.DATASETS`; checked by
+            :func:`ticketlab.runner.validate.resolve`).
         root: folder holding the files (torchvision layouts, or ImageFolder ``train/`` + ``test/``).
         batch_size: training mini-batch size (images).
         eval_batch_size: evaluation batch size (images; memory only, results do not depend on it).
@@ -109,7 +107,6 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         check_range("dataset.val_fraction", self.val_fraction, 0.0, 1.0, hi_open=True)
-        check_choice("dataset.name", self.name, DATASETS)
         check_range("dataset.batch_size", self.batch_size, 1, float("inf"))
         check_range("dataset.eval_batch_size", self.eval_batch_size, 1, float("inf"))
         check_range("dataset.num_workers", self.num_workers, 0, float("inf"))
@@ -146,9 +143,6 @@ class ModelConfig:
     stem_width: int | None = None
 
     def __post_init__(self) -> None:
-        if self.stem_width is not None and self.name not in ("resnet18", "resnet20", "resnet34"):
-            raise ConfigError(f"model.stem_width={self.stem_width} applies to the CIFAR ResNets (resnet18, resnet20, "
-                              f"resnet34), not model.name={self.name!r}; leave it null.")
         if self.stem_width is not None:
             check_range("model.stem_width", self.stem_width, 1, float("inf"))
         check_range("model.width_mult", self.width_mult, 0.0, float("inf"), lo_open=True)
@@ -156,7 +150,6 @@ class ModelConfig:
             check_range("model.widths[i]", w, 1, float("inf"))
 
 
-INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant", "unsigned_constant", "xavier_normal", "ortho_ll")
 BIAS_INITS = ("zero", "default", "he_product", "ll_paired", "ll_dependent")
 
 
@@ -191,7 +184,6 @@ class InitConfig:
     score_seed: int | None = None
 
     def __post_init__(self) -> None:
-        check_choice("init.name", self.name, INITS)
         check_choice("init.mode", self.mode, ("fan_in", "fan_out"))
         check_choice("init.nonlinearity", self.nonlinearity, ("relu", "linear"))
         check_choice("init.scale_fan_convention", self.scale_fan_convention, ("paper", "reference_code"))

@@ -97,3 +97,15 @@ def _read_cache(cache: Path, n: int, n_classes: int) -> dict | None:
         return blob
     log.warning("decoded-image cache %s is unusable (%s); decoding the images again", cache, problem)
     return None
+
+
+def find_imagefolder(root: Path, names: list[str]) -> tuple[Path, str] | None:
+    """First of ``root/<name>`` (then ``root``) holding ``train/`` and ``test/`` or ``val/``."""
+    for base in [root / n for n in names] + [root]:
+        if (base / "train").is_dir():
+            for split in ("test", "val"):
+                if (base / split).is_dir():
+                    return base, split
+    return None
+
+

@@ -1,5 +1,9 @@
 """Model zoo. Every builder is registered in :data:`MODELS` under its config name.
 
+Every module of this package is imported here, so adding a model is one module that registers
+its builder (``@MODELS.register("name")``; ``stem_width=True`` when it honours
+``model.stem_width``) and one ``conf/model/<name>.yaml``.
+
 A builder takes ``(cfg: ModelConfig, input_shape: (C, H, W), num_classes)`` and returns a plain
 ``nn.Module``: no custom layer classes, so masks attach through parametrizations
 (:mod:`ticketlab.sparsity.masks`) to these and to torchvision's models alike.
@@ -7,15 +11,20 @@ A builder takes ``(cfg: ModelConfig, input_shape: (C, H, W), num_classes)`` and 
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import torch
 from torch import nn
 
 from ticketlab.config import ModelConfig
 from ticketlab.errors import ConfigError, describe
-from ticketlab.models import convnets, mlp, resnet  # noqa: F401  (registration side effects)
 from ticketlab.models.registry import MODELS
 
 __all__ = ["MODELS", "build_model"]
+
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,

@@ -79,19 +79,19 @@ class CifarResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-@MODELS.register("resnet18")
+@MODELS.register("resnet18", stem_width=True)
 def build_resnet18(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """CIFAR ResNet-18 (~11.2M weights at width 1)."""
     return CifarResNet([2, 2, 2, 2], [64, 128, 256, 512], input_shape, num_classes, cfg)
 
 
-@MODELS.register("resnet34")
+@MODELS.register("resnet34", stem_width=True)
 def build_resnet34(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """CIFAR ResNet-34."""
     return CifarResNet([3, 4, 6, 3], [64, 128, 256, 512], input_shape, num_classes, cfg)
 
 
-@MODELS.register("resnet20")
+@MODELS.register("resnet20", stem_width=True)
 def build_resnet20(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """CIFAR ResNet-20 (He et al. 2016, Sec. 4.2)."""
     return CifarResNet([3, 3, 3], [16, 32, 64], input_shape, num_classes, cfg)

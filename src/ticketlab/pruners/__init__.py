@@ -4,10 +4,18 @@ this package imports all of them, so adding a method is adding a module and a YA
 import importlib
 import pkgutil
 
-from ticketlab.pruners.base import PRUNERS, PruneContext, Pruner, PrunerConfig, build_pruner, register_pruner
+from ticketlab.pruners.base import (
+    PRUNERS,
+    MainPhase,
+    PruneContext,
+    Pruner,
+    PrunerConfig,
+    build_pruner,
+    register_pruner,
+)
 
 for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name != "base":
+    if _mod.name not in ("base", "phases"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
-__all__ = ["PRUNERS", "PruneContext", "Pruner", "PrunerConfig", "build_pruner", "register_pruner"]
+__all__ = ["PRUNERS", "MainPhase", "PruneContext", "Pruner", "PrunerConfig", "build_pruner", "register_pruner"]

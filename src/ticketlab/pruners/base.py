@@ -13,11 +13,14 @@ ConfigStore as ``/schema/pruner/<name>``) and a :class:`Pruner` subclass, both r
 4. :meth:`Pruner.initialize` -- fresh runs only: compute the starting mask (scores from data,
    random walks, a previous IMP level's mask);
 5. :meth:`Pruner.phases` -- training phases before the main one (:class:`~ticketlab.pruners.phases.Phase`);
+   the runner appends :class:`MainPhase`, whose hooks are the method's own, and hands the list to
+   the loop;
 6. :meth:`Pruner.begin_main` and :meth:`Pruner.trainable_parameters` -- when the main training
    begins (or resumes): what the optimizer (and its weight decay) updates;
-7. :meth:`Pruner.on_step_end` / :meth:`Pruner.on_epoch_end` during the main training; they
-   receive a :class:`~ticketlab.pruners.phases.TrainState` (model, optimizer, scheduler, counters, last
-   batch), never the loop;
+7. :meth:`Pruner.after_backward`, :meth:`Pruner.on_step_end`, :meth:`Pruner.on_epoch_end` and
+   :meth:`Pruner.after_evaluation` during the main training -- the same hooks as a
+   :class:`~ticketlab.pruners.phases.Phase`; they receive a :class:`~ticketlab.pruners.phases.TrainState`
+   (model, optimizer, scheduler, counters, last batch), never the loop;
 8. :meth:`Pruner.state_dict` / :meth:`Pruner.load_state_dict` -- method state for checkpoints;
 9. :meth:`Pruner.summary` -- method facts for ``summary.json``.
 
@@ -26,15 +29,18 @@ ConfigStore as ``/schema/pruner/<name>``) and a :class:`Pruner` subclass, both r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from omegaconf import MISSING
 from torch import nn
 
 from ticketlab.config import InitConfig, store_schema
-from ticketlab.errors import check_range
+from ticketlab.data.loaders import DataBundle
+from ticketlab.errors import ConfigError, check_range
 from ticketlab.pruners.phases import Phase, TrainState
 from ticketlab.registry import Registry
 from ticketlab.signals import NoStop, StopRequest
@@ -55,6 +61,35 @@ class PrunerConfig:
     def __post_init__(self) -> None:
         check_range("pruner.sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
 
+    @property
+    def density(self) -> float:
+        """Fraction of prunable weights kept, ``1 - sparsity`` (what papers that speak of k mean)."""
+        return 1.0 - self.sparsity
+
+
+class StageFiles(Protocol):
+    """What a method sees of the stage of a multi-stage run it trains in (IMP's levels).
+
+    The runner's stages (:class:`ticketlab.runner.stages.StageContext`) own the folders and file
+    names; a method keeps and finds its inter-stage data by key only.
+
+    Attributes:
+        index: the stage's position (0 = first; IMP: the level).
+        name: the stage's name (e.g. ``level_02``).
+    """
+
+    index: int
+    name: str
+
+    def save(self, key: str, obj: dict[str, torch.Tensor], shared: bool = False) -> None:
+        """Keep ``obj`` (tensors only) under ``key``: for the next stage, or for every stage with ``shared``."""
+
+    def locate(self, key: str, shared: bool = False) -> Path:
+        """The file of ``key``: the previous stage's, or the run's shared one with ``shared``."""
+
+    def load(self, key: str, shared: bool = False) -> dict[str, torch.Tensor]:
+        """Read what :meth:`save` kept (the previous stage's, or the shared one)."""
+
 
 @dataclass
 class PruneContext:
@@ -64,22 +99,22 @@ class PruneContext:
         seed: the run's seed.
         init: the init config (score seed, etc.).
         device: training device.
-        data: the :class:`~ticketlab.data.DataBundle` (data-dependent methods).
+        data: the :class:`~ticketlab.data.loaders.DataBundle` (data-dependent methods).
         epochs: ``trainer.epochs`` (for schedules over the run).
         stop: the run's stop flag; long computations call ``ctx.stop.check(where)`` at safe points.
         run_dir: the run folder (``None`` outside the runner).
-        stage: the stage of a multi-stage run (:class:`ticketlab.runner.stages.StageContext`), else ``None``.
+        stage: the stage of a multi-stage run (:class:`StageFiles`), else ``None``.
         limit_train_batches: ``trainer.limit_train_batches`` (batches per epoch, ``None`` = all).
     """
 
     seed: int
     init: InitConfig
     device: torch.device
-    data: Any = None
+    data: DataBundle | None = None
     epochs: int = 0
     stop: StopRequest = field(default_factory=NoStop)
-    run_dir: Any = None
-    stage: Any = None
+    run_dir: Path | None = None
+    stage: StageFiles | None = None
     limit_train_batches: int | None = None
 
     @property
@@ -139,6 +174,10 @@ class Pruner:
         """Training phases that run before the main training (default: none)."""
         return []
 
+    def after_backward(self, state: TrainState) -> None:
+        """Called between ``loss.backward()`` and the optimizer step of the main training (read or edit
+        gradients); the loop calls nothing there unless a method overrides it."""
+
     def begin_main(self, state: TrainState, resumed: bool) -> None:
         """The main training begins (``resumed``: it continues from a checkpoint; change no value then)."""
 
@@ -167,6 +206,72 @@ class Pruner:
     def summary(self) -> dict[str, Any]:
         """Method facts merged into ``summary.json`` (default none)."""
         return {}
+
+
+class MainPhase(Phase):
+    """The training the run is about, as the loop's last phase: the method's hooks, the run's optimizer and
+    schedule, evaluation and a metric row every epoch.
+
+    Args:
+        pruner: the method; its hooks are this phase's.
+        make_optimizer: ``make_optimizer(parameters) -> optimizer`` (the configured optimizer).
+        make_scheduler: ``make_scheduler(optimizer) -> scheduler or None`` (the configured schedule).
+        epochs: ``trainer.epochs``.
+    """
+
+    name = "main"
+    evaluated = True
+
+    def __init__(self, pruner: Pruner, make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+                 make_scheduler: Callable[[torch.optim.Optimizer], Any], epochs: int) -> None:
+        self.pruner, self.make_optimizer, self.make_scheduler = pruner, make_optimizer, make_scheduler
+        self.epochs = epochs
+
+    def begin(self, state: TrainState, resumed: bool) -> torch.optim.Optimizer:
+        """The method's :meth:`Pruner.begin_main`, then the optimizer and scheduler over its trainable tensors."""
+        self.pruner.begin_main(state, resumed)
+        optimizer = self.make_optimizer(self.pruner.trainable_parameters(state.model))
+        self.scheduler = self.make_scheduler(optimizer)
+        return optimizer
+
+    def backward_hook(self) -> Callable[[TrainState], None] | None:
+        """The method's :meth:`Pruner.after_backward` when it has one."""
+        return self.pruner.after_backward if type(self.pruner).after_backward is not Pruner.after_backward else None
+
+    def on_step_end(self, state: TrainState) -> None:
+        """The method's step hook."""
+        self.pruner.on_step_end(state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """The method's epoch hook, then the scheduler steps."""
+        self.pruner.on_epoch_end(state)
+        if state.scheduler is not None:
+            state.scheduler.step()
+
+    def after_evaluation(self, state: TrainState) -> None:
+        """The method's post-evaluation hook."""
+        self.pruner.after_evaluation(state)
+
+
+def require_layer_biases(model: nn.Module, key: str) -> None:
+    """Raise unless some Conv/Linear layer of ``model`` has a bias (for ``<key>=true``).
+
+    Raises:
+        ConfigError: naming ``key`` and ``model.bias=true``.
+    """
+    if not any(getattr(m, "bias", None) is not None for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)):
+        raise ConfigError(f"{key}=true but the model has no layer biases; set model.bias=true.")
+
+
+def require_affine_bn(model: nn.Module, key: str) -> None:
+    """Raise unless ``model`` has an affine batch norm (for ``<key>=true``).
+
+    Raises:
+        ConfigError: naming ``key``, ``model.bn_affine=true`` and ``model.batch_norm=true``.
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine for m in model.modules()):
+        raise ConfigError(f"{key}=true but the model has no affine batch norm; set model.bn_affine=true "
+                          "(and model.batch_norm=true for MLP/Conv-n/VGG).")
 
 
 PRUNERS: Registry[tuple[type[PrunerConfig], type[Pruner]]] = Registry("pruner")

@@ -135,12 +135,12 @@ class Biprop(EdgePopup):
     @property
     def ramps(self) -> bool:
         """Whether the global density ramp applies (global scope, target density <= 0.5, no annealing)."""
-        return (self.cfg.scope == "global" and self.cfg.ramp_epochs > 0 and 1.0 - self.cfg.sparsity <= 0.5
+        return (self.cfg.scope == "global" and self.cfg.ramp_epochs > 0 and self.cfg.density <= 0.5
                 and not self.cfg.anneal_levels)
 
     def ramp_density(self, epoch: int) -> float:
         """Density during 0-based epoch ``epoch`` (the target from ``ramp_epochs`` on)."""
-        target = 1.0 - self.cfg.sparsity
+        target = self.cfg.density
         if not self.ramps or epoch >= self.cfg.ramp_epochs:
             return target
         return target + (0.5 - target) * (1.0 - epoch / self.cfg.ramp_epochs) ** 3
@@ -165,7 +165,7 @@ class Biprop(EdgePopup):
         ramp does not reach the target within the run."""
         warnings = super().check(model, ctx)
         if self.ramps and ctx.epochs < self.cfg.ramp_epochs:
-            warnings.append(f"pruner=biprop ramps the global density from 0.5 to {1 - self.cfg.sparsity:g} over "
+            warnings.append(f"pruner=biprop ramps the global density from 0.5 to {self.cfg.density:g} over "
                             f"pruner.ramp_epochs={self.cfg.ramp_epochs} epochs, longer than trainer.epochs="
                             f"{ctx.epochs}: the run ends at density {self.ramp_density(ctx.epochs - 1):.4g}; "
                             "set pruner.ramp_epochs=0 or train longer.")

@@ -28,7 +28,7 @@ from ticketlab.errors import check_choice, check_range
 from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig, register_pruner
 from ticketlab.pruners.phases import TrainState
 from ticketlab.pruners.score_based import allocate
-from ticketlab.sparsity.masks import FixedMask, attach_dense_masks, select_layers
+from ticketlab.sparsity.masks import FixedMask, attach_dense
 
 
 @dataclass
@@ -79,9 +79,8 @@ class Dissipating(Pruner):
 
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         """Attach all-ones masks to the selected layers (training starts dense, or from K-starts' winner)."""
-        self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
-        self.masks = attach_dense_masks(self.layers)
-        self.weights = [layer.parametrizations.weight.original for _, layer in self.layers]
+        dense = attach_dense(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
+        self.layers, self.masks, self.weights = dense.layers, dense.masks, dense.tensors
 
     def begin_main(self, state: TrainState, resumed: bool) -> None:
         """(Fresh) remember ``theta_0`` and the starting density."""
@@ -92,7 +91,7 @@ class Dissipating(Pruner):
 
     def density_after(self, epoch: int) -> float:
         """Scheduled density after ``epoch`` (1-based) completed epochs."""
-        target = 1.0 - self.cfg.sparsity
+        target = self.cfg.density
         frac = min(epoch, self.cfg.epochs_to_prune) / self.cfg.epochs_to_prune
         return self.start_density - (self.start_density - target) * frac
 

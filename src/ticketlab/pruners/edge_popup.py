@@ -32,7 +32,14 @@ from torch import nn
 
 from ticketlab.errors import ConfigError, check_choice, check_range
 from ticketlab.init.weights import SCORE_INITS, fans, init_scores
-from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig, register_pruner
+from ticketlab.pruners.base import (
+    PruneContext,
+    Pruner,
+    PrunerConfig,
+    register_pruner,
+    require_affine_bn,
+    require_layer_biases,
+)
 from ticketlab.pruners.phases import TrainState
 from ticketlab.sparsity.masks import (
     ScoreMask,
@@ -97,7 +104,7 @@ class EdgePopupConfig(PrunerConfig):
             raise ConfigError("pruner.kept_count=percentile is a per-layer rule; it needs pruner.scope=layerwise "
                               f"(got {self.scope}) and pruner.anneal_levels=0 (got {self.anneal_levels}).")
         if self.anneal_levels:
-            check_range("pruner.anneal_start_density", self.anneal_start_density, 1.0 - self.sparsity, 1.0,
+            check_range("pruner.anneal_start_density", self.anneal_start_density, self.density, 1.0,
                         lo_open=True)
 
 
@@ -119,11 +126,11 @@ class EdgePopup(Pruner):
     def densities(self, model: nn.Module) -> dict[str, float]:
         """Density ``1 - sparsity`` for every masked layer (used by ``init.scale_fan``)."""
         layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
-        return {name: 1.0 - self.cfg.sparsity for name, _ in layers}
+        return {name: self.cfg.density for name, _ in layers}
 
     def level_sparsity(self, level: int) -> float:
         """Sparsity of annealing level ``level`` (0-based); the target at the last level."""
-        target = 1.0 - self.cfg.sparsity
+        target = self.cfg.density
         start = self.cfg.anneal_start_density
         factor = (target / start) ** (1.0 / self.cfg.anneal_levels)
         return 1.0 - (target if level == self.cfg.anneal_levels - 1 else start * factor ** (level + 1))
@@ -146,7 +153,7 @@ class EdgePopup(Pruner):
                 m.k = num_kept_percentile(m.scores.numel(), sparsity)
         named = []
         for _, layer in layers:
-            fan_in = fans(tuple(layer.parametrizations.weight.original.shape))[0]
+            fan_in = fans(tuple(underlying(layer, "weight").shape))[0]
             for tname, plist in layer.parametrizations.items():
                 named.append((index[id(layer)], tname, plist[0].scores, fan_in))
         init_scores(named, self.cfg.score_init, ctx.score_seed)
@@ -157,11 +164,16 @@ class EdgePopup(Pruner):
                     m.bias.requires_grad_(True)
 
     def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
-        """Annealing needs at least one epoch per level.
+        """Annealing needs at least one epoch per level; bias pruning needs biases, BN training affine BN.
 
         Raises:
-            ConfigError: more annealing levels than epochs.
+            ConfigError: more annealing levels than epochs, ``prune_bias`` on a model without layer
+                biases, or ``train_bn`` without affine batch norm.
         """
+        if self.cfg.prune_bias:
+            require_layer_biases(model, "pruner.prune_bias")
+        if self.cfg.train_bn:
+            require_affine_bn(model, "pruner.train_bn")
         if self.cfg.anneal_levels and ctx.epochs < self.cfg.anneal_levels:
             raise ConfigError(f"pruner.anneal_levels={self.cfg.anneal_levels} needs at least as many epochs; "
                               f"trainer.epochs={ctx.epochs}.")

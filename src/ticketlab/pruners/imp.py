@@ -11,8 +11,10 @@ kept weights with the normal loop. After ``L`` levels the density is ``0.8^L`` (
 The levels are stages of one run (:mod:`ticketlab.runner.stages`): each has its own folder
 ``<run>/level_<LL>/``, its own identity and W&B run, and is skipped once completed, so the same
 command continues an interrupted IMP run inside the level it was training. This module is one
-level: it applies the previous level's mask after rewinding, saves the rewind point (level 0) and
-computes the next level's mask (``next_mask.pt``) when its training ends.
+level: it applies the previous level's mask after rewinding, keeps the rewind point (level 0) and,
+when its training ends, the next level's mask -- :func:`next_mask`, a pure function of the trained
+weights and the current mask (open_lth's ``Strategy.prune``). Where they are kept is the runner's
+business (:class:`ticketlab.pruners.base.StageFiles`).
 
 Rewinding restores the weights (and BN statistics) of step ``rewind_step``; the learning-rate schedule
 and data order restart from the beginning of each level (open_lth instead continues them from step k:
@@ -23,21 +25,38 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ticketlab.errors import ConfigError, check_range
-from ticketlab.files import atomic_torch_save
 from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig, register_pruner
 from ticketlab.pruners.phases import TrainState
-from ticketlab.sparsity.masks import attach_dense_masks, load_plain_state_dict, plain_state_dict, select_layers
+from ticketlab.sparsity.masks import attach_dense, load_plain_state_dict, plain_state_dict
 from ticketlab.sparsity.selection import global_topk, num_kept
 
-REWIND_FILE = "rewind.pt"
-NEXT_MASK_FILE = "next_mask.pt"
+#: Stage keys: the weights every level rewinds to (shared by the levels), and the mask of the next level.
+REWIND, NEXT_MASK = "rewind", "next_mask"
+
+
+def next_mask(trained: list[Tensor], current: list[Tensor], rate: float) -> list[Tensor]:
+    """The next IMP level's masks: remove ``rate`` of the still-kept weights, globally, by trained magnitude.
+
+    Frankle & Carbin 2019, Sec. 2 (global pruning: Sec. 5); open_lth ``pruning/sparse_global.py``.
+
+    Args:
+        trained: the trained weights of the masked layers (any shapes).
+        current: their current masks (same shapes; bool or 0/1).
+        rate: fraction of the kept weights removed, in (0, 1).
+
+    Returns:
+        Bool masks (same shapes) keeping ``num_kept(remaining, rate)`` weights; a pruned weight never returns.
+    """
+    kept = [m.bool() for m in current]
+    keep = num_kept(sum(int(m.sum()) for m in kept), rate)
+    scores = [torch.where(m, w.detach().abs(), torch.full_like(w, -1.0)) for w, m in zip(trained, kept, strict=True)]
+    return global_topk(scores, keep)  # pruned weights score -1 and never return
 
 
 @dataclass
@@ -76,7 +95,7 @@ class ImpConfig(PrunerConfig):
             return self.levels
         if self.sparsity == 0:
             return 0
-        return math.ceil(math.log(1 - self.sparsity) / math.log(1 - self.rate) - 1e-9)
+        return math.ceil(math.log(self.density) / math.log(1 - self.rate) - 1e-9)
 
 
 @register_pruner("imp", ImpConfig)
@@ -87,8 +106,8 @@ class Imp(Pruner):
 
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         """All-ones masks on the selected layers (the level's mask is set by :meth:`initialize`)."""
-        self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
-        self.masks = attach_dense_masks(self.layers)
+        dense = attach_dense(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
+        self.layers, self.masks, self.weights = dense.layers, dense.masks, dense.tensors
         self.ctx = ctx
 
     @property
@@ -112,18 +131,12 @@ class Imp(Pruner):
                               f"{steps} optimizer steps (trainer.epochs={ctx.epochs} x {ctx.batches_per_epoch} "
                               f"batches); allowed: 0 <= pruner.rewind_step <= {steps}.")
         if self.level > 0:
-            for f in (self._rewind_file(), self._previous_mask_file()):
+            for f in (ctx.stage.locate(REWIND, shared=True), ctx.stage.locate(NEXT_MASK)):
                 if not f.exists():
                     raise ConfigError(f"IMP level {self.level} needs {f}, written by the earlier levels; it is "
                                       "missing (was the IMP run folder edited?). Start the IMP run afresh with "
                                       "trainer.resume=fresh.")
         return []
-
-    def _rewind_file(self) -> Path:
-        return Path(self.ctx.stage.parent_dir) / REWIND_FILE
-
-    def _previous_mask_file(self) -> Path:
-        return Path(self.ctx.stage.previous_dir) / NEXT_MASK_FILE
 
     def initialize(self, model: nn.Module, ctx: PruneContext) -> None:
         """Level 0: save the rewind point at step 0. Level L: rewind, then apply the previous level's mask."""
@@ -131,10 +144,10 @@ class Imp(Pruner):
             return
         if self.level == 0:
             if self.cfg.rewind_step == 0:
-                atomic_torch_save(self._rewind_file(), plain_state_dict(model))
+                ctx.stage.save(REWIND, plain_state_dict(model), shared=True)
             return
-        load_plain_state_dict(model, torch.load(self._rewind_file(), weights_only=True, map_location="cpu"))
-        saved = torch.load(self._previous_mask_file(), weights_only=True, map_location="cpu")
+        load_plain_state_dict(model, ctx.stage.load(REWIND, shared=True))
+        saved = ctx.stage.load(NEXT_MASK)
         with torch.no_grad():
             for (name, _), fm in zip(self.layers, self.masks, strict=True):
                 fm.mask.copy_(saved[f"{name}.weight"])
@@ -143,20 +156,15 @@ class Imp(Pruner):
         """Level 0: save the rewind point at ``rewind_step``."""
         if self.level == 0 and self.ctx.stage is not None and self.cfg.rewind_step \
                 and state.step == self.cfg.rewind_step:
-            atomic_torch_save(self._rewind_file(), plain_state_dict(state.model))
+            self.ctx.stage.save(REWIND, plain_state_dict(state.model), shared=True)
 
     def on_epoch_end(self, state: TrainState) -> None:
         """After the last epoch: the next level's mask (remove ``rate`` of the kept weights by magnitude)."""
-        if state.epoch < state.epochs or state.run_dir is None:
+        if state.epoch < state.epochs or self.ctx.stage is None:
             return
-        trained = [layer.parametrizations.weight.original.detach().abs() for _, layer in self.layers]
-        current = [fm.mask.bool() for fm in self.masks]
-        remaining = sum(int(m.sum()) for m in current)
-        keep = num_kept(remaining, self.cfg.rate)
-        scores = [torch.where(m, w, torch.full_like(w, -1.0)) for w, m in zip(trained, current, strict=True)]
-        nxt = global_topk(scores, keep)  # pruned weights (-1) never return
-        atomic_torch_save(Path(state.run_dir) / NEXT_MASK_FILE,
-                          {f"{name}.weight": m.cpu() for (name, _), m in zip(self.layers, nxt, strict=True)})
+        nxt = next_mask(self.weights, [fm.mask for fm in self.masks], self.cfg.rate)
+        masks = {f"{name}.weight": m.cpu() for (name, _), m in zip(self.layers, nxt, strict=True)}
+        self.ctx.stage.save(NEXT_MASK, masks)
 
     def summary(self) -> dict[str, Any]:
         """The level of this stage."""

@@ -77,7 +77,7 @@ class IteRand(EdgePopup):
         """Edge-popup set-up; remember each layer's init distribution for the redraws."""
         super().attach(model, ctx)
         self.sample = WEIGHT_INITS.get(ctx.init.name)
-        self.stds = {mt.name: weight_std(tuple(mt.original.shape), ctx.init, 1.0 - self.cfg.sparsity)
+        self.stds = {mt.name: weight_std(tuple(mt.original.shape), ctx.init, self.cfg.density)
                      for mt in masked_tensors(model) if mt.tensor_name == "weight"}
         self.gen = layer_generator(ctx.score_seed, -1, "iterand")
         self.rerandomizations = 0

@@ -62,7 +62,7 @@ class KStartsConfig(DissipatingConfig):
         check_choice("pruner.fitness", self.fitness, ("magnitude", "grad_accum", "both"))
         check_choice("pruner.mask_sampler", self.mask_sampler, ("layerwise_uniform", "global_uniform"))
         if self.start_density is not None:
-            check_range("pruner.start_density", self.start_density, 1.0 - self.sparsity, 1.0)
+            check_range("pruner.start_density", self.start_density, self.density, 1.0)
 
 
 @register_pruner("kstarts", KStartsConfig)
@@ -73,7 +73,7 @@ class KStarts(Dissipating):
 
     def candidate_density(self) -> float:
         """Density of the candidate masks."""
-        target = 1.0 - self.cfg.sparsity
+        target = self.cfg.density
         if not self.cfg.dissipating:
             return target
         return self.cfg.start_density if self.cfg.start_density is not None else min(1.0, 2 * target)

@@ -7,20 +7,26 @@ counters, the last batch -- and may change the learning rate only through
 continues with the same rate).
 
 A method that trains something before the main training (the projected-SGD phase of
-epsilon-perturbation, the candidate runs of K-starts) declares it as a :class:`Phase`. The loop
-(:mod:`ticketlab.training.loop`) runs every phase through the same step function as the main training, so
-each of their steps gets mixed precision, batch limits, the non-finite check, the progress bar,
-signals and checkpoints, and a run interrupted inside a phase continues inside it.
+epsilon-perturbation, the candidate runs of K-starts) declares it as a :class:`Phase`; the main
+training is a phase too (:class:`ticketlab.pruners.base.MainPhase`, whose hooks are the method's).
+The runner hands the list of phases to the loop (:mod:`ticketlab.training.loop`), which knows this
+module only: it runs every phase through the same step function, so each of their steps gets mixed
+precision, batch limits, the non-finite check, the progress bar, signals and checkpoints, and a run
+interrupted inside a phase continues inside it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
+
+from ticketlab.data.loaders import DataBundle
+from ticketlab.distributed import Dist, gather_batch
 
 
 @dataclass
@@ -38,14 +44,14 @@ class TrainState:
         batch: the last training batch ``(x: (B, C, H, W), y: (B,))``, or ``None`` (under DDP: this
             rank's part of it; :meth:`global_batch` gathers the whole).
         device: the training device.
-        data: the :class:`~ticketlab.data.DataBundle`.
+        data: the :class:`~ticketlab.data.loaders.DataBundle` (``None`` without data).
         run_dir: the run folder (``None`` outside the runner).
-        dist: the process's place in a DDP run (:class:`ticketlab.distributed.Dist`), or ``None``.
+        dist: the process's place in a DDP run, or ``None`` (one process).
     """
 
     model: nn.Module
     device: torch.device
-    data: Any = None
+    data: DataBundle | None = None
     run_dir: Path | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -54,15 +60,13 @@ class TrainState:
     step: int = 0
     epochs: int = 0
     batch: tuple[Tensor, Tensor] | None = None
-    dist: Any = None
+    dist: Dist | None = None
 
     def global_batch(self) -> tuple[Tensor, Tensor] | None:
         """The last training batch of every rank, concatenated in rank order (the batch itself for one
         process): what a method that fits something on "the last batch" must use to stay rank-independent."""
         if self.batch is None or self.dist is None or not self.dist.enabled or self.dist.world == 1:
             return self.batch
-        from ticketlab.distributed import gather_batch
-
         return gather_batch(self.dist, self.batch)
 
     def scale_lr(self, factor: float) -> None:
@@ -99,7 +103,9 @@ class Phase:
     in the method's :meth:`~ticketlab.pruners.Pruner.state_dict` or in the model.
 
     Attributes:
-        name: unique among the run's phases (``"main"`` is the loop's own).
+        name: unique among the run's phases (``"main"`` is the main training's).
+        evaluated: evaluate, record a metric row and call :meth:`after_evaluation` after every epoch
+            (the main training only).
         epochs: passes over the training set.
         max_steps: stop the phase after this many optimizer steps (``None``: after ``epochs``).
         batches_per_epoch: cap on the batches of each epoch (on top of ``trainer.limit_train_batches``).
@@ -108,6 +114,7 @@ class Phase:
     """
 
     name: str = "phase"
+    evaluated: bool = False
     epochs: int = 1
     max_steps: int | None = None
     batches_per_epoch: int | None = None
@@ -127,6 +134,11 @@ class Phase:
     def after_backward(self, state: TrainState) -> None:
         """After ``loss.backward()``, before the optimizer step (e.g. read or edit gradients)."""
 
+    def backward_hook(self) -> Callable[[TrainState], None] | None:
+        """:meth:`after_backward` when this phase has one (``None``: the step calls nothing between
+        backward and step)."""
+        return self.after_backward if type(self).after_backward is not Phase.after_backward else None
+
     def on_step_end(self, state: TrainState) -> None:
         """After the optimizer step; ``state.step`` counts it."""
 
@@ -134,10 +146,20 @@ class Phase:
         """After each completed epoch of the phase."""
 
     def after_evaluation(self, state: TrainState) -> None:
-        """After the epoch's evaluation (main phase only), before the epoch's checkpoint."""
+        """After the epoch's evaluation (phases with :attr:`evaluated` only), before the epoch's checkpoint."""
 
     def end(self, state: TrainState) -> None:
         """When the phase is over (its last step taken), before the next phase begins."""
 
 
-__all__ = ["Phase", "TrainState"]
+class Stateful(Protocol):
+    """What the loop checkpoints of a method besides the model: its counters and RNG states."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data for ``last.ckpt``."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+__all__ = ["Phase", "Stateful", "TrainState"]

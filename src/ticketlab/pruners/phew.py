@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ticketlab.errors import ConfigError, check_choice, check_range
 from ticketlab.init.weights import layer_generator
 from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig, register_pruner
-from ticketlab.sparsity.masks import attach_dense_masks, prunable_layers
+from ticketlab.sparsity.masks import attach_dense, prunable_layers, underlying
 
 
 @dataclass
@@ -347,8 +347,8 @@ class Phew(Pruner):
 
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         """Attach all-ones masks to every prunable weight (the walks fill them in :meth:`initialize`)."""
-        self.layers = prunable_layers(model)
-        self.masks = attach_dense_masks(self.layers)
+        dense = attach_dense(model, layers=prunable_layers(model))
+        self.layers, self.masks, self.weights = dense.layers, dense.masks, dense.tensors
 
     def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
         """The model must be walkable; ``nested_from`` must hold masks of this model.
@@ -368,7 +368,7 @@ class Phew(Pruner):
 
         path = Path(self.cfg.nested_from)
         saved = read_masks(path, "pruner.nested_from")
-        weights = [layer.parametrizations.weight.original for _, layer in self.layers]
+        weights = self.weights
         names = [f"{n}.weight" for n, _ in self.layers]
         if sorted(saved) != sorted(names) or any(saved[n].shape != w.shape for n, w in zip(names, weights,
                                                                                         strict=True)):
@@ -380,8 +380,8 @@ class Phew(Pruner):
         """Run the walks on the initial weights, set the masks, optionally re-initialize."""
         if not hasattr(self, "route"):
             self.check(model, ctx)
-        weights = [layer.parametrizations.weight.original for _, layer in self.layers]
-        masks, self.walks = phew_masks(weights, 1.0 - self.cfg.sparsity, seed=ctx.seed, walkers=self.cfg.walkers,
+        weights = self.weights
+        masks, self.walks = phew_masks(weights, self.cfg.density, seed=ctx.seed, walkers=self.cfg.walkers,
                                        kernel_conserved=self.cfg.kernel_conserved, walk_bias=self.cfg.walk_bias,
                                        start=self.start, route=self.route)
         with torch.no_grad():
@@ -393,7 +393,7 @@ class Phew(Pruner):
     @torch.no_grad()
     def _reinit(self, layers: list[tuple[str, nn.Module]], masks: list[Tensor], seed: int) -> None:
         for idx, ((_, layer), m) in enumerate(zip(layers, masks, strict=True)):
-            w = layer.parametrizations.weight.original
+            w = underlying(layer, "weight")
             fan_in = math.prod(w.shape[1:])
             gen = layer_generator(seed, idx, "phew-reinit")
             z = torch.randn(tuple(w.shape), generator=gen).to(w.device)

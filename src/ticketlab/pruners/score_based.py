@@ -29,8 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from ticketlab.errors import ConfigError, NonFiniteError, check_choice, check_range
-from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig
-from ticketlab.sparsity.masks import FixedMask, attach_dense_masks, select_layers
+from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig, require_layer_biases
+from ticketlab.sparsity.masks import FixedMask, attach_dense, select_layers
 from ticketlab.sparsity.selection import global_topk, num_kept, topk_mask
 
 
@@ -164,7 +164,7 @@ class ScorePruner(Pruner):
         """Layerwise scope: ``1 - sparsity`` per masked layer; global: unknown before scoring (none)."""
         if self.cfg.scope != "layerwise":
             return {}
-        return {n: 1.0 - self.cfg.sparsity for n, _ in select_layers(model, self.cfg.first_layer_dense,
+        return {n: self.cfg.density for n, _ in select_layers(model, self.cfg.first_layer_dense,
                                                                      self.cfg.last_layer_dense)}
 
     def score(self, model: nn.Module, weights: list[Tensor], ctx: PruneContext) -> list[Tensor]:
@@ -189,18 +189,18 @@ class ScorePruner(Pruner):
 
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         """Attach all-ones masks to the selected weights (and biases with ``prune_bias``); weights stay trainable."""
-        self.layers = select_layers(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense)
-        self.masks = attach_dense_masks(self.layers, self.cfg.prune_bias)
-        self.weights = [layer.parametrizations[tname].original for _, layer in self.layers
-                        for tname in ["weight"] + (["bias"] if self.cfg.prune_bias and layer.bias is not None else [])]
+        dense = attach_dense(model, self.cfg.first_layer_dense, self.cfg.last_layer_dense, self.cfg.prune_bias)
+        self.layers, self.masks, self.weights = dense.layers, dense.masks, dense.tensors
 
     def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
         """Data for data-dependent scores; a guard the target can meet; a compression the model can hold.
 
         Raises:
-            ConfigError: no data for a data-dependent score, or ``min_weights_per_layer`` reserving more
-                weights than the target keeps.
+            ConfigError: no data for a data-dependent score, ``prune_bias`` on a model without layer
+                biases, or ``min_weights_per_layer`` reserving more weights than the target keeps.
         """
+        if self.cfg.prune_bias:
+            require_layer_biases(model, "pruner.prune_bias")
         if self.needs_data and ctx.data is None:
             raise ConfigError(f"pruner={self.cfg.name} needs training data to score weights.")
         warnings = []
@@ -213,7 +213,7 @@ class ScorePruner(Pruner):
                 raise ConfigError(f"the target keeps {target} weights but pruner.min_weights_per_layer="
                                   f"{self.cfg.min_weights_per_layer} reserves {reserved} over {len(sizes)} masked "
                                   "tensors; lower the guard or pruner.sparsity.")
-        if self.cfg.compression is not None and (1.0 - self.cfg.sparsity) * total < 1:
+        if self.cfg.compression is not None and (self.cfg.density) * total < 1:
             warnings.append(f"pruner.compression={self.cfg.compression:g} asks for a density of "
                             f"10^-{self.cfg.compression:g}, below one weight of the {total} masked ones; "
                             f"{target} weight(s) will be kept.")
@@ -261,7 +261,7 @@ class ScorePruner(Pruner):
 
     def initialize(self, model: nn.Module, ctx: PruneContext) -> None:
         """Run the score -> mask rounds (checking for a stop request between rounds)."""
-        target = 1.0 - self.cfg.sparsity
+        target = self.cfg.density
         n = self.cfg.iterations
         was_training = model.training
         track = self.zero_outside_mask and self.cfg.scope == "global" and not self.cfg.min_weights_per_layer

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from ticketlab.errors import ConfigError, check_choice, check_range
@@ -65,7 +64,7 @@ class WeightRecyclingConfig(EdgePopupConfig):
         check_choice("pruner.source", self.source, ("top", "next_lowest"))
         if self.source == "next_lowest":
             check_range("pruner.rate", self.rate, 0.0, 0.5)
-        density = 1.0 - self.sparsity
+        density = self.density
         if self.rate > density + 1e-12:  # 0.2 at sparsity 0.8 is allowed (1 - 0.8 = 0.19999999999999996)
             raise ConfigError(f"pruner.rate={self.rate} exceeds the density {density:g} (pruner.sparsity="
                               f"{self.sparsity}): the {self.rate:g} highest-|score| weights that donate their values "
@@ -80,9 +79,6 @@ def capped_rate(rate: float, sparsity: float) -> float:
     """
     return min(float(rate), 1.0 - float(sparsity))
 
-
-if not OmegaConf.has_resolver("tl.recycle_rate"):
-    OmegaConf.register_new_resolver("tl.recycle_rate", capped_rate)
 
 
 @register_pruner("weight_recycling", WeightRecyclingConfig)

@@ -10,7 +10,6 @@ warnings are legal-but-degenerate settings: logged at the start of the run and l
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from ticketlab.errors import ConfigError
 
 
 def cross_checks(rc: Any) -> list[str]:
-    """Rules between groups of a :class:`ticketlab.runner.run.RunConfig`; returns warnings.
+    """Rules between groups of a :class:`ticketlab.runner.validate.RunConfig`; returns warnings.
 
     Raises:
         ConfigError: ``scheduler.min_lr`` above ``optimizer.lr`` (the cosine would raise the rate).
@@ -39,6 +38,19 @@ def cross_checks(rc: Any) -> list[str]:
         warnings.append(f"scheduler.milestones {late} are at or after the last epoch (trainer.epochs={epochs}); "
                         "they never take effect.")
     return warnings
+
+
+def check_model(rc: Any, model: nn.Module) -> None:
+    """Rules between the config and the built model that no method owns (a method's own are its
+    :meth:`~ticketlab.pruners.base.Pruner.check`).
+
+    Raises:
+        ConfigError: ``init.bias_init`` other than ``zero``/``default`` on a model without layer biases.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    if rc.init.bias_init not in ("zero", "default") and not any(m.bias is not None for m in layers):
+        raise ConfigError(f"init.bias_init={rc.init.bias_init} but the model has no layer biases; "
+                          "set model.bias=true.")
 
 
 def model_warnings(model: nn.Module, input_shape: tuple[int, ...], model_name: str) -> list[str]:
@@ -80,30 +92,4 @@ def model_warnings(model: nn.Module, input_shape: tuple[int, ...], model_name: s
             "this input size (e.g. mlp, or a CIFAR-style model for 32x32) is likely what you want."]
 
 
-def mask_warnings(structure: Any, sparsity: float) -> list[str]:
-    """Warn when the masks leave no input-output path, cut a layer off every path, or disconnect most
-    kept weights.
-
-    Args:
-        structure: a :class:`ticketlab.sparsity.structure.MaskStructure` of the masked model.
-        sparsity: the target sparsity (for the message).
-    """
-    if structure is None:
-        return []
-    if structure.log_paths == -math.inf or structure.effective_density == 0:
-        return [f"the masks at pruner.sparsity={sparsity:g} leave no path from the input to the output: the "
-                "network's output does not depend on its input, so it can only learn the class prior. Lower "
-                "pruner.sparsity, or use a method that keeps paths (e.g. pruner=phew or pruner=synflow)."]
-    warnings = []
-    dead = [name for name, layer in structure.layers.items()
-            if layer.get("density", 0) > 0 and layer.get("effective_density", 1) == 0]
-    if dead:
-        warnings.append(f"layer(s) {', '.join(dead)} keep weights of which none lies on an input-output path "
-                        "(the network reaches its output around them, through skip connections).")
-    if structure.disconnected_fraction > 0.5:
-        warnings.append(f"{structure.disconnected_fraction:.0%} of the kept weights lie on no input-output path "
-                        f"(effective sparsity {structure.effective_sparsity:.4f} against {sparsity:.4f} nominal).")
-    return warnings
-
-
-__all__ = ["cross_checks", "mask_warnings", "model_warnings"]
+__all__ = ["check_model", "cross_checks", "model_warnings"]

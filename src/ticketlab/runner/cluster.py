@@ -23,23 +23,18 @@ import os
 import signal
 import sys
 
-from omegaconf import OmegaConf
-
 from ticketlab.errors import Preempted
 
 log = logging.getLogger(__name__)
 
-#: Datasets held in memory (no DataLoader workers).
-IN_MEMORY_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
-
-
 def cpus_per_task(threads: int, workers: int, dataset: str) -> int:
-    """CPU cores a Slurm job asks for: ``max(threads, 1)`` plus the loader workers of folder datasets."""
-    return max(int(threads), 1) + (0 if str(dataset) in IN_MEMORY_DATASETS else max(int(workers), 0))
+    """CPU cores a Slurm job asks for (``${tl.cpus_per_task:}``): ``max(threads, 1)`` plus the loader
+    workers of a dataset that is not held in memory (its registry trait ``in_memory``)."""
+    from ticketlab.data import DATASETS
 
+    in_memory = str(dataset) in DATASETS and DATASETS.trait(str(dataset), "in_memory", False)
+    return max(int(threads), 1) + (0 if in_memory else max(int(workers), 0))
 
-if not OmegaConf.has_resolver("tl.cpus_per_task"):
-    OmegaConf.register_new_resolver("tl.cpus_per_task", cpus_per_task)
 
 
 def slurm_cpus() -> int | None:
@@ -86,4 +81,4 @@ def hand_over(stop: Preempted) -> None:
     os._exit(stop.exit_code)
 
 
-__all__ = ["IN_MEMORY_DATASETS", "cpus_per_task", "hand_over", "local_gpu", "slurm_cpus", "under_submitit"]
+__all__ = ["cpus_per_task", "hand_over", "local_gpu", "slurm_cpus", "under_submitit"]

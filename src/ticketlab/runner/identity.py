@@ -208,8 +208,5 @@ def run_dir_resolver(*, _root_: DictConfig) -> str:
             return str(Path("outputs").absolute() / "runs" / "_unresolved")
 
 
-if not OmegaConf.has_resolver("tl.run_dir"):
-    OmegaConf.register_new_resolver("tl.run_dir", run_dir_resolver, use_cache=False)
-
 __all__ = ["NOT_IDENTITY", "RunIdentity", "compute", "describe_difference", "identity_values", "readable_name",
            "run_dir_resolver", "runs_root"]

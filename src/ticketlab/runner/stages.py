@@ -11,7 +11,9 @@ as a run of its own:
 * a completed stage is skipped, so the same command continues an interrupted multi-stage run in
   the stage it was in (and that stage from its checkpoint);
 * the method sees its stage through :attr:`ticketlab.pruners.PruneContext.stage`
-  (:class:`StageContext`: index, name, the parent folder, the previous stage's folder);
+  (:class:`StageContext`: index and name, and :meth:`StageContext.save`/:meth:`StageContext.load`
+  for what one stage hands to the next, as ``<key>.pt`` in the stage's folder or, shared by every
+  stage, in the parent folder);
 * the parent folder gets ``run.json`` and a ``summary.json`` listing every stage, whose top-level
   numbers are the last stage's.
 """
@@ -23,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ticketlab.errors import ConfigError
-from ticketlab.files import atomic_write_json, read_json
+from ticketlab.files import atomic_torch_save, atomic_write_json, read_json
 from ticketlab.registry import Registry
 from ticketlab.runner.identity import RunIdentity
 
@@ -44,19 +48,43 @@ class Stage:
 
 @dataclass(frozen=True)
 class StageContext:
-    """What a method knows about the stage it runs in.
+    """The stage a method runs in, and the files its stages hand on (:class:`ticketlab.pruners.base.StageFiles`).
 
     Attributes:
         index: the stage's position (IMP: the level).
         name: the stage's name.
-        parent_dir: the multi-stage run's folder (files shared by the stages, e.g. IMP's rewind point).
+        parent_dir: the multi-stage run's folder (files shared by the stages, e.g. IMP's ``rewind.pt``).
         previous_dir: the previous stage's folder (``None`` for the first stage).
+        stage_dir: this stage's folder (``None``: this stage keeps nothing for the next).
     """
 
     index: int
     name: str
     parent_dir: Path
     previous_dir: Path | None
+    stage_dir: Path | None = None
+
+    def save(self, key: str, obj: dict[str, torch.Tensor], shared: bool = False) -> None:
+        """Write ``obj`` atomically as ``<key>.pt``: in the parent folder with ``shared``, else in this stage's."""
+        folder = self.parent_dir if shared else self.stage_dir
+        if folder is not None:
+            atomic_torch_save(Path(folder) / f"{key}.pt", obj)
+
+    def locate(self, key: str, shared: bool = False) -> Path:
+        """``<key>.pt`` of the parent folder (``shared``) or of the previous stage.
+
+        Raises:
+            ValueError: a key of the previous stage asked for in the first stage.
+        """
+        if shared:
+            return Path(self.parent_dir) / f"{key}.pt"
+        if self.previous_dir is None:
+            raise ValueError(f"stage {self.name} is the first: there is no previous stage's {key}")
+        return Path(self.previous_dir) / f"{key}.pt"
+
+    def load(self, key: str, shared: bool = False) -> dict[str, torch.Tensor]:
+        """Read :meth:`locate`'s file (tensors only: ``weights_only=True``), on the CPU."""
+        return torch.load(self.locate(key, shared), weights_only=True, map_location="cpu")
 
 
 StagePlan = Callable[[Any], list[Stage]]
@@ -69,7 +97,7 @@ def register_stages(pruner: str) -> Callable[[StagePlan], StagePlan]:
 
 
 def plan(rc: Any) -> list[Stage] | None:
-    """The stages of the run ``rc`` (a :class:`ticketlab.runner.run.RunConfig`), or ``None`` for a single run.
+    """The stages of the run ``rc`` (a :class:`ticketlab.runner.validate.RunConfig`), or ``None`` for a single run.
 
     Raises:
         ConfigError: the plan cannot be carried out with these settings.
@@ -133,7 +161,7 @@ def run_stages(cfg: Any, ident: RunIdentity, run_dir: Path, stages: list[Stage],
             stage_dir = run_dir / stage.name
             try:
                 summary = run_one(cfg, stage_dir, ident.child(stage.name),
-                                  StageContext(stage.index, stage.name, run_dir, previous), before_write)
+                                  StageContext(stage.index, stage.name, run_dir, previous, stage_dir), before_write)
             except ConfigError:
                 if not recorded and run_dir.is_dir() and not any(run_dir.iterdir()):
                     run_dir.rmdir()  # rejected before anything was written: leave no folder behind

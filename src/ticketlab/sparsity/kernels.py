@@ -61,7 +61,13 @@ def native() -> Any:
     if choice == "torch":
         return None
     try:
-        from torch.utils.cpp_extension import load
+        cpp_log = logging.getLogger("torch.utils.cpp_extension")
+        level = cpp_log.level
+        cpp_log.setLevel(logging.ERROR)  # its import warns "No CUDA runtime is found" on CPU-only machines
+        try:
+            from torch.utils.cpp_extension import load
+        finally:
+            cpp_log.setLevel(level)
 
         _ext = load(name="ticketlab_mask_kernels", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
                     extra_ldflags=["-fopenmp"], verbose=False)

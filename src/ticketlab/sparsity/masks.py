@@ -459,6 +459,47 @@ def attach_dense_masks(layers: list[tuple[str, nn.Module]], include_bias: bool =
     return out
 
 
+@dataclass
+class DenseMasks:
+    """What :func:`attach_dense` attached, in one place.
+
+    Attributes:
+        layers: the masked ``(name, layer)`` pairs.
+        masks: one all-ones :class:`FixedMask` per masked tensor (weight before bias, layer order).
+        tensors: the stored tensor behind each mask (:func:`underlying`), same order and shapes.
+    """
+
+    layers: list[tuple[str, nn.Module]]
+    masks: list[FixedMask]
+    tensors: list[Tensor]
+
+
+def attach_dense(model: nn.Module, first_layer_dense: bool = False, last_layer_dense: bool = False,
+                 include_bias: bool = False, layers: list[tuple[str, nn.Module]] | None = None) -> DenseMasks:
+    """Select the prunable layers, attach all-ones masks, and return layers, masks and underlying tensors.
+
+    The one set-up of every method that fills its mask in after attaching it (pruning at
+    initialization, IMP, dissipating gradients, K-starts, PHEW).
+
+    Args:
+        model: the model.
+        first_layer_dense, last_layer_dense: leave the input / output layer unmasked (:func:`select_layers`).
+        include_bias: also mask the layers' biases.
+        layers: mask these ``(name, layer)`` pairs instead of selecting them.
+
+    Returns:
+        The :class:`DenseMasks`.
+
+    Raises:
+        ConfigError: nothing is left to mask.
+    """
+    layers = layers if layers is not None else select_layers(model, first_layer_dense, last_layer_dense)
+    masks = attach_dense_masks(layers, include_bias)
+    names = ["weight"] + (["bias"] if include_bias else [])
+    tensors = [underlying(layer, t) for _, layer in layers for t in names if parametrize.is_parametrized(layer, t)]
+    return DenseMasks(layers, masks, tensors)
+
+
 def attach_fixed_masks(model: nn.Module, masks: dict[str, Tensor]) -> list[FixedMask]:
     """Attach a :class:`FixedMask` to each named tensor.
 

@@ -168,3 +168,29 @@ def mask_structure(model: nn.Module, input_shape: tuple[int, ...]) -> MaskStruct
     return MaskStructure(effective_density=effective / total, effective_sparsity=1 - effective / total,
                          disconnected_fraction=(kept - effective) / kept if kept else 0.0, log_paths=log_paths,
                          layers=per_layer)
+
+
+def mask_warnings(structure: MaskStructure, sparsity: float) -> list[str]:
+    """Warn when the masks leave no input-output path, cut a layer off every path, or disconnect most
+    kept weights.
+
+    Args:
+        structure: a :class:`ticketlab.sparsity.structure.MaskStructure` of the masked model.
+        sparsity: the target sparsity (for the message).
+    """
+    if structure is None:
+        return []
+    if structure.log_paths == -math.inf or structure.effective_density == 0:
+        return [f"the masks at pruner.sparsity={sparsity:g} leave no path from the input to the output: the "
+                "network's output does not depend on its input, so it can only learn the class prior. Lower "
+                "pruner.sparsity, or use a method that keeps paths (e.g. pruner=phew or pruner=synflow)."]
+    warnings = []
+    dead = [name for name, layer in structure.layers.items()
+            if layer.get("density", 0) > 0 and layer.get("effective_density", 1) == 0]
+    if dead:
+        warnings.append(f"layer(s) {', '.join(dead)} keep weights of which none lies on an input-output path "
+                        "(the network reaches its output around them, through skip connections).")
+    if structure.disconnected_fraction > 0.5:
+        warnings.append(f"{structure.disconnected_fraction:.0%} of the kept weights lie on no input-output path "
+                        f"(effective sparsity {structure.effective_sparsity:.4f} against {sparsity:.4f} nominal).")
+    return warnings

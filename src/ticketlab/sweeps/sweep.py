@@ -68,14 +68,9 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _sweep_name_resolver() -> str:
+def sweep_name_resolver() -> str:
+    """``${tl.sweep_name:}``: the name of the sweep being launched (``sweep`` before one starts)."""
     return _CURRENT["name"] or "sweep"
-
-
-if not OmegaConf.has_resolver("tl.sweep_name"):
-    # Cached: Hydra copies the launcher's resolver cache into each job's config, so every job
-    # (in any process) sees the sweep folder the launcher created.
-    OmegaConf.register_new_resolver("tl.sweep_name", _sweep_name_resolver, use_cache=True)
 
 
 def _expected_jobs(config: DictConfig) -> list[list[str]] | None:
