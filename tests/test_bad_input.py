@@ -231,8 +231,7 @@ def test_json_files_are_strict_json(cfg_factory, tmp_path):
 
 
 def test_mask_warnings_name_a_layer_cut_off_every_path():
-    from ticketlab.sparsity.structure import mask_warnings
-    from ticketlab.sparsity.structure import MaskStructure
+    from ticketlab.sparsity.structure import MaskStructure, mask_warnings
 
     st = MaskStructure(effective_density=0.4, effective_sparsity=0.6, disconnected_fraction=0.2, log_paths=5.0,
                        layers={"layer1.0.conv2": {"density": 0.5, "effective_density": 0.0},

@@ -14,8 +14,9 @@ from ticketlab.errors import ConfigError, NonFiniteError
 from ticketlab.pruners.score_based import shrink_global
 from ticketlab.runner.build import setup
 from ticketlab.sparsity import kernels
-from ticketlab.sparsity.masks import ScoreMask, attach, masked_tensors, score_gradient
+from ticketlab.sparsity.masks import ScoreMask, attach, masked_tensors
 from ticketlab.sparsity.selection import BandSelector, num_kept, topk_mask
+from ticketlab.sparsity.straight_through import score_gradient
 from ticketlab.training.loop import train_step
 
 from .conftest import IN_CI

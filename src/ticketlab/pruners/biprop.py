@@ -19,7 +19,8 @@ from ticketlab.errors import check_range
 from ticketlab.pruners.base import PruneContext, register_pruner
 from ticketlab.pruners.edge_popup import EdgePopup, EdgePopupConfig
 from ticketlab.pruners.phases import TrainState
-from ticketlab.sparsity.masks import ScoreMask, score_gradient, score_groups
+from ticketlab.sparsity.masks import ScoreMask, score_groups
+from ticketlab.sparsity.straight_through import score_gradient
 
 
 class _BiRealSign(torch.autograd.Function):

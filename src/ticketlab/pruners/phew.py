@@ -262,6 +262,32 @@ def _walks(layers: list[_Layer], route: Route, starts: Tensor, forward: bool, ge
     return out
 
 
+def _mark(layer: _Layer, kernel_conserved: bool, into: list[Tensor], li: int, idx: Tensor) -> int:
+    """Set ``idx`` (whole kernels when conserved) in mask ``li``; returns how many were new."""
+    idx = idx[idx >= 0]  # walks that skipped the layer
+    if kernel_conserved and layer.kernel > 1:
+        k = layer.kernel
+        idx = ((idx // k)[:, None] * k + torch.arange(k, device=idx.device)).reshape(-1)
+    new = int((~into[li][idx]).sum()) if idx.numel() <= layer.kernel else 0
+    into[li][idx] = True
+    return new
+
+
+def _replay_last(layers: list[_Layer], kernel_conserved: bool, masks: list[Tensor],
+                 batch: tuple[list[Tensor], list[Tensor]], half: int, count: int, walks: int,
+                 target: int) -> tuple[int, int]:
+    """The batch that reaches the target: walks ``F_j, B_j`` one at a time in the reference's alternating
+    order until ``target`` entries are kept; returns the new ``(count, walks)``."""
+    for j in range(half):
+        for idx in batch:
+            for li in range(len(layers)):
+                count += _mark(layers[li], kernel_conserved, masks, li, idx[li][j:j + 1])
+            walks += 1
+            if count >= target:
+                return count, walks
+    return count, walks
+
+
 def phew_masks(weights: list[Tensor], density: float, seed: int = 0, walkers: int = 4096,
                kernel_conserved: bool = False, walk_bias: str = "magnitude",
                start: list[Tensor] | None = None, route: Route | None = None) -> tuple[list[Tensor], int]:
@@ -298,17 +324,6 @@ def phew_masks(weights: list[Tensor], density: float, seed: int = 0, walkers: in
     n_in, n_out = weights[route.seq[0]].shape[1], weights[route.seq[-1]].shape[0]
     count = sum(int(m.sum()) for m in masks)
     walks = 0
-
-    def mark(into: list[Tensor], li: int, idx: Tensor) -> int:
-        """Set ``idx`` (whole kernels when conserved) in layer ``li``; returns how many were new."""
-        idx = idx[idx >= 0]  # walks that skipped the layer
-        if kernel_conserved and layers[li].kernel > 1:
-            k = layers[li].kernel
-            idx = ((idx // k)[:, None] * k + torch.arange(k, device=idx.device)).reshape(-1)
-        new = int((~into[li][idx]).sum()) if idx.numel() <= layers[li].kernel else 0
-        into[li][idx] = True
-        return new
-
     while count < target:
         half = max(1, walkers // 2)
         f_start = (torch.arange(walks // 2, walks // 2 + half) % n_in).to(weights[0].device)
@@ -317,21 +332,13 @@ def phew_masks(weights: list[Tensor], density: float, seed: int = 0, walkers: in
         b_idx = _walks(layers, route, b_start, False, gen)
         trial = [m.clone() for m in masks]
         for li in range(len(layers)):
-            mark(trial, li, f_idx[li])
-            mark(trial, li, b_idx[li])
+            _mark(layers[li], kernel_conserved, trial, li, f_idx[li])
+            _mark(layers[li], kernel_conserved, trial, li, b_idx[li])
         new_count = sum(int(m.sum()) for m in trial)
         if new_count < target:
             masks, count, walks = trial, new_count, walks + 2 * half
             continue
-        for j in range(half):  # final batch: replay F_j, B_j in the reference's alternating order
-            for idx in (f_idx, b_idx):
-                for li in range(len(layers)):
-                    count += mark(masks, li, idx[li][j:j + 1])
-                walks += 1
-                if count >= target:
-                    break
-            if count >= target:
-                break
+        count, walks = _replay_last(layers, kernel_conserved, masks, (f_idx, b_idx), half, count, walks, target)
     return [m.view_as(w) for m, w in zip(masks, weights, strict=True)], walks
 
 

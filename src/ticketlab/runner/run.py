@@ -135,8 +135,7 @@ def execute(cfg: DictConfig, run_dir: Path, ident: RunIdentity, rc: RunConfig | 
             before_write: Callable[[], None] | None = None) -> dict[str, Any]:
     """One (stage of a) run in ``run_dir``: skip it, continue it or start it, then report.
 
-    Under DDP (:mod:`ticketlab.distributed`) rank 0 decides, locks and writes; the other ranks follow
-    its decision, load the same checkpoint, train, and write nothing.
+    Under DDP rank 0 decides, locks and writes; the other ranks follow it, train, and write nothing.
 
     Args:
         cfg: the composed config; ``rc`` its validated form (validated here when not given).

@@ -15,7 +15,7 @@ networks (LeNet-300-100) those passes cost more than the dense step itself. C++ 
 * :func:`shrink_kept` -- one round of SynFlow's global top-k among the weights kept so far, scored,
   selected and applied to the masks in one call;
 * :func:`score_grad` -- the straight-through score gradient ``dL/dS = g * W (* sign(S))``
-  (used by :func:`ticketlab.sparsity.masks.straight_through`).
+  (used by :func:`ticketlab.sparsity.straight_through.straight_through`).
 
 They give bit-identical results to the torch ops they replace (the tests compare them). They are
 compiled on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler and ``ninja`` are
@@ -188,9 +188,10 @@ def masked_weight(absval: bool) -> Any | None:
     since its last call, the exact top-``k`` of the key (``|scores|`` if ``absval``) inside the band of
     ``state`` (the :class:`ticketlab.sparsity.selection.BandSelector`'s state, updated like its ``_update``), written
     into ``mask``, with ``weight * mask`` kept between calls and updated only where the mask changes; then
-    the masked weight with the straight-through gradient (:func:`ticketlab.sparsity.masks.straight_through`, as a C++
-    autograd node). It returns ``None`` when the Python path must take the step: a tensor that is not a
-    dense float32 CPU tensor with the scores' sizes and strides (small tensors: contiguous), ``k`` outside
+    the masked weight with the straight-through gradient
+    (:func:`ticketlab.sparsity.straight_through.straight_through`, as a C++ autograd node). It returns
+    ``None`` when the Python path must take the step: a tensor that is not a dense float32 CPU tensor with the
+    scores' sizes and strides (small tensors: contiguous), ``k`` outside
     ``[1, n)``, no band yet, a band miss, NaN scores. Writes bump the version counters of ``mask`` and of
     the kept product, so an autograd graph that saved the old values raises instead of using new ones.
     ``selected(scores, k)`` says whether the mask already is the top-``k`` of these scores (same storage

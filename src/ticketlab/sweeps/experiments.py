@@ -398,6 +398,80 @@ def not_completed(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] != "completed"]
 
 
+def _collapse_table(cells: pd.DataFrame, spec: ReportSpec) -> str:
+    """Layer collapse: the largest compression exponent without an empty layer, against the paper's."""
+    t = pd.DataFrame({**{k: cells[k] for k in spec.rows},
+                      "ours: largest x without an empty layer": [
+                          _fmt(m, s, n, False) for m, s, n in zip(cells["mean"], cells["std"], cells["n"],
+                                                                  strict=True)],
+                      "largest x tested": cells["tested_max_x"].map(_num),
+                      "paper": [_num(p) + ("" if math.isnan(s) else f" ± {s:.2f}")
+                                for p, s in zip(cells["paper"], cells["paper_std"], strict=True)],
+                      "Δ": cells["diff"].map(_num)})
+    return _md(t)
+
+
+def _cell_text(c: pd.DataFrame, spec: ReportSpec) -> str:
+    """One cell: ours as mean ± std (n), and the paper's number with the difference when there is one."""
+    if c.empty:
+        return "—"
+    r = c.iloc[0]
+    text = _fmt(r["mean"] / 100 if spec.percent else r["mean"], r["std"] / 100 if spec.percent
+                else r["std"], int(r["n"]), spec.percent)
+    if not math.isnan(r["paper"]):
+        text += f"; paper {r['paper']:.2f}; Δ {r['diff']:+.2f}"
+    return text
+
+
+def _grid_table(cells: pd.DataFrame, spec: ReportSpec) -> str:
+    """Rows by ``spec.rows``, one column per value of ``spec.cols[0]`` (IMP levels: ``L<k>``)."""
+    col = spec.cols[0] if spec.cols else None
+    rows_labels = cells[spec.rows].drop_duplicates()
+    table = []
+    col_values = list(dict.fromkeys(cells[col])) if col else [None]
+    for _, rl in rows_labels.iterrows():
+        rec = {k: rl[k] for k in spec.rows}
+        for cv in col_values:
+            m = (cells[spec.rows] == rl[spec.rows]).all(axis=1)
+            if col:
+                m &= cells[col] == cv
+            c = cells[m]
+            head = (f"L{cv}" if col == "level" else f"{col}={cv}") if col else spec.metric
+            if col == "level" and len(rows_labels) == 1 and not c.empty and not math.isnan(c["density"].iloc[0]):
+                head = f"L{cv} (d={c['density'].iloc[0]:.3f})"
+            rec[head] = _cell_text(c, spec)
+        table.append(rec)
+    return _md(pd.DataFrame(table))
+
+
+def _levels_notes(cells: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> list[str]:
+    """IMP: the measured density per level and the sparsest level matching the dense network."""
+    dens = cells.groupby("level", sort=False)["density"].mean()
+    out = ["", "Measured density of all prunable weights per level: "
+           + ", ".join(f"L{lv} {d:.4f}" for lv, d in dens.items())]
+    ml = matching_level(cells, spec)
+    if not ml.empty:
+        paper_md = paper[paper.get("level", pd.Series(dtype=str)) == "matching_density"] \
+            if "level" in paper.columns else paper.iloc[0:0]
+        out += ["", "Sparsest matching level (mean ≥ dense mean − dense std):", ""]
+        ml = ml.assign(paper_matching_density=(float(paper_md["value"].iloc[0]) if not paper_md.empty
+                                               else math.nan))
+        out.append(_md(ml.assign(**{c: ml[c].map(lambda v: _num(v, 4) if isinstance(v, float) else v)
+                                    for c in ml.columns})))
+    return out
+
+
+def _not_completed_lines(df: pd.DataFrame) -> list[str]:
+    bad = not_completed(df)
+    out = ["", f"Runs not completed: {len(bad)}" + (" (not in the numbers above)" if len(bad) else "")]
+    for _, r in bad.iterrows():
+        where = r.get("run_dir") if isinstance(r.get("run_dir"), str) else ""
+        out.append(f"- job {r['job']} {r['overrides']}: {r['status']}"
+                   + (f" — {r['reason']}" if isinstance(r.get("reason"), str) and r.get("reason") else "")
+                   + (f" [{where}]" if where else ""))
+    return out
+
+
 def markdown_table(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> str:
     """The paper's layout as Markdown: ours as mean ± std (n) over seeds, the paper's number and the
     difference, then the runs that did not complete and the notes on what differs from the paper."""
@@ -409,61 +483,12 @@ def markdown_table(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> s
     if cells.empty:
         out.append("No completed run yet.")
     elif spec.kind == "collapse":
-        t = pd.DataFrame({**{k: cells[k] for k in spec.rows},
-                          "ours: largest x without an empty layer": [
-                              _fmt(m, s, n, False) for m, s, n in zip(cells["mean"], cells["std"], cells["n"],
-                                                                      strict=True)],
-                          "largest x tested": cells["tested_max_x"].map(_num),
-                          "paper": [_num(p) + ("" if math.isnan(s) else f" ± {s:.2f}")
-                                    for p, s in zip(cells["paper"], cells["paper_std"], strict=True)],
-                          "Δ": cells["diff"].map(_num)})
-        out.append(_md(t))
+        out.append(_collapse_table(cells, spec))
     else:
-        col = spec.cols[0] if spec.cols else None
-        rows_labels = cells[spec.rows].drop_duplicates()
-        table = []
-        col_values = list(dict.fromkeys(cells[col])) if col else [None]
-        for _, rl in rows_labels.iterrows():
-            rec = {k: rl[k] for k in spec.rows}
-            for cv in col_values:
-                m = (cells[spec.rows] == rl[spec.rows]).all(axis=1)
-                if col:
-                    m &= cells[col] == cv
-                c = cells[m]
-                head = (f"L{cv}" if col == "level" else f"{col}={cv}") if col else spec.metric
-                if col == "level" and len(rows_labels) == 1 and not c.empty and not math.isnan(c["density"].iloc[0]):
-                    head = f"L{cv} (d={c['density'].iloc[0]:.3f})"
-                if c.empty:
-                    rec[head] = "—"
-                    continue
-                r = c.iloc[0]
-                text = _fmt(r["mean"] / 100 if spec.percent else r["mean"], r["std"] / 100 if spec.percent
-                            else r["std"], int(r["n"]), spec.percent)
-                if not math.isnan(r["paper"]):
-                    text += f"; paper {r['paper']:.2f}; Δ {r['diff']:+.2f}"
-                rec[head] = text
-            table.append(rec)
-        out.append(_md(pd.DataFrame(table)))
+        out.append(_grid_table(cells, spec))
         if spec.kind == "levels":
-            dens = cells.groupby("level", sort=False)["density"].mean()
-            out += ["", "Measured density of all prunable weights per level: "
-                    + ", ".join(f"L{lv} {d:.4f}" for lv, d in dens.items())]
-            ml = matching_level(cells, spec)
-            if not ml.empty:
-                paper_md = paper[paper.get("level", pd.Series(dtype=str)) == "matching_density"] \
-                    if "level" in paper.columns else paper.iloc[0:0]
-                out += ["", "Sparsest matching level (mean ≥ dense mean − dense std):", ""]
-                ml = ml.assign(paper_matching_density=(float(paper_md["value"].iloc[0]) if not paper_md.empty
-                                                       else math.nan))
-                out.append(_md(ml.assign(**{c: ml[c].map(lambda v: _num(v, 4) if isinstance(v, float) else v)
-                                            for c in ml.columns})))
-    bad = not_completed(df)
-    out += ["", f"Runs not completed: {len(bad)}" + (" (not in the numbers above)" if len(bad) else "")]
-    for _, r in bad.iterrows():
-        where = r.get("run_dir") if isinstance(r.get("run_dir"), str) else ""
-        out.append(f"- job {r['job']} {r['overrides']}: {r['status']}"
-                   + (f" — {r['reason']}" if isinstance(r.get("reason"), str) and r.get("reason") else "")
-                   + (f" [{where}]" if where else ""))
+            out += _levels_notes(cells, spec, paper)
+    out += _not_completed_lines(df)
     if spec.notes:
         out += ["", "Differences from the paper:", *[f"- {n}" for n in spec.notes]]
     return "\n".join(out) + "\n"
