@@ -23,10 +23,9 @@ def test_every_option_composes_and_validates(group, option):
     extra = ["pruner.path=/nonexistent"] if option == "from_file" else []  # a mandatory key (???)
     rc = resolve(compose_cfg(f"{group}={option}", *extra))
     node = getattr(rc, group)
-    assert node is not None
-    if group in ("dataset", "pruner", "optimizer", "scheduler", "logger"):
-        assert node.name == option
-    assert 0.0 <= rc.pruner.sparsity < 1.0
+    assert type(node).__name__.endswith("Config")  # the group's schema, not a plain dict
+    if group in ("dataset", "model", "init", "pruner", "optimizer", "scheduler", "logger"):
+        assert node.name == option  # the option's YAML names itself
 
 
 def test_mandatory_mask_path_is_reported():

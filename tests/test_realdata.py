@@ -21,7 +21,7 @@ def test_mnist_matches_reference_statistics(data_dir):
     d = build_data(DatasetConfig(name="mnist", root=str(data_dir), batch_size=60000), torch.device("cpu"), 0)
     loader = d.train
     assert (d.num_train, d.num_test, d.input_shape) == (60000, 10000, (1, 28, 28))
-    assert int(loader.images.to(torch.int64).sum()) == 1_567_298_545  # shared/data/README.md
+    assert int(loader.images.to(torch.int64).sum()) == 1_567_298_545  # of the byte-exact IDX training images
     assert torch.bincount(loader.labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
 

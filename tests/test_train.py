@@ -173,3 +173,24 @@ def test_wandb_failure_does_not_stop_the_run(cfg_factory, tmp_path, monkeypatch)
     monkeypatch.setattr(wandb, "init", broken)
     s = run(cfg_factory("logger=wandb"), run_dir=tmp_path)
     assert s["status"] == "completed" and (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("method", [["trainer.epochs=1"], ["pruner=imp", "pruner.levels=2", "trainer.epochs=1",
+                                                         "init=kaiming_normal"]], ids=["edge_popup", "imp"])
+def test_a_run_validates_its_config_and_selects_its_device_once(cfg_factory, tmp_path, monkeypatch, method):
+    """One real run (an IMP run with its three stages too): one ``resolve``, one device selection."""
+    from ticketlab.runner import devices, validate
+
+    calls = {"resolve": 0, "select_device": 0}
+
+    def counted(name, real):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(validate, "resolve", counted("resolve", validate.resolve))
+    monkeypatch.setattr(devices, "select_device", counted("select_device", devices.select_device))
+    s = run(cfg_factory(*method), run_dir=tmp_path)
+    assert s["status"] == "completed" and s.get("stages_completed", 1) == s.get("stages_total", 1)
+    assert calls == {"resolve": 1, "select_device": 1}

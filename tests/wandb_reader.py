@@ -3,7 +3,7 @@
 wandb 0.31 writes no ``wandb-summary.json`` offline; the ``.wandb`` file is a LevelDB-style log
 (7-byte file header, 32 KiB blocks, records with a 7-byte ``<IHB`` header: crc32, length, type
 FULL=1/FIRST=2/MIDDLE=3/LAST=4) of ``wandb_internal_pb2.Record`` protobufs
-(``shared/docs/environment.md`` Sec. 2.3).
+(wandb's ``wandb/sdk/internal/datastore.py``).
 """
 
 from __future__ import annotations

@@ -301,9 +301,9 @@ class TrainerConfig:
         threads: CPU threads for torch (0 = torch's default; in a Slurm job, the cores it was given).
         strategy: ``single`` (one process) or ``ddp`` (DistributedDataParallel over the processes
             ``torchrun`` or Slurm started; :mod:`ticketlab.distributed`).
-        channels_last: convnets: parameters and image batches in the channels-last memory format (faster
-            convolutions with cuDNN, and with bf16 autocast on tensor cores; on the CPU, 10-20 % faster Conv-6
-            steps with oneDNN); sums may differ in the last bits.
+        channels_last: convnets: parameters and image batches in the channels-last memory format (the
+            faster layout for cuDNN and oneDNN convolutions; README, Benchmarks); sums may differ in the last
+            bits.
         compile: ``torch.compile`` the training forward (optional; the first steps compile, and masks that
             change every step may cause recompilations or graph breaks).
         sync_bn: with ``ddp``, batch norm over the global batch (``nn.SyncBatchNorm``) instead of

@@ -47,7 +47,7 @@ def load_cached_split(split_dir: Path, cache_dir: Path) -> tuple[Tensor, Tensor,
     """Decode an ImageFolder split to ``(images uint8 (N, 3, H, W), labels int64 (N,), classes)``.
 
     All images must share one size (true for CIFAR-style copies). The first call decodes every
-    file (about 20 s for CIFAR-10's 60,000 JPEGs on 2 cores) and writes ``cache_dir/<hash>.pt``;
+    file and writes ``cache_dir/<hash>.pt``;
     later calls load that file (an unusable one is rebuilt).
 
     Raises:

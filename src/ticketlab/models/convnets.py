@@ -4,7 +4,8 @@ Conv-n (Frankle & Carbin 2019, Fig. 2; Ramanujan et al. 2020, Sec. 4; reference
 allenai/hidden-networks ``models/frankle.py``): pairs of 3x3 convs (padding 1) with a 2x2 max-pool
 after each pair (64, 128, 256, 512 channels), then a 256-256-num_classes fully connected head.
 Bias-free Conv-2/4/6/8 on 32x32 inputs have 4,300,992 / 2,425,024 / 2,261,184 / 5,275,840
-weights (``shared/docs/strong-tickets.md`` Sec. 0.4). The head is written with ``nn.Linear``
+weights (counted from the architecture; Frankle & Carbin 2019, Fig. 2 rounds them to 4.3M / 2.4M /
+2.3M for Conv-2/4/6). The head is written with ``nn.Linear``
 (the reference code uses 1x1 convolutions: same weights and function).
 
 VGG (Simonyan & Zisserman 2015, CIFAR variant of open_lth / Synaptic-Flow ``lottery_vgg``): the

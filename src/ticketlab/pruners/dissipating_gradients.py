@@ -1,8 +1,8 @@
 """``pruner=dissipating_gradients``: remove the weights that stay near their initial value early in
 training (Haroon 2022, "What to Prune and What Not to Prune at Initialization", arXiv 2209.02201).
 
-**No public code exists and only the abstract is known**; this implements the proposed spec of
-``shared/docs/pruning-at-init.md`` Sec. 4 with every open question a named option:
+**No public code exists and only the abstract is known**; this implements a specification written from
+the abstract, with every open question a named option:
 
 * training starts dense (or from the mask another method set up, see ``pruner=kstarts``);
 * after each of the first ``epochs_to_prune`` epochs the kept fraction steps down linearly towards

@@ -4,7 +4,7 @@ Kyrillidis, AISTATS 2023, arXiv 2210.16589).
 Phase A trains the dense weights of every prunable layer with projected SGD inside an
 epsilon-ball around their initialization ``W0``; phase B runs edge-popup (all of its options) on
 the perturbed weights, which are then frozen. No public code exists; the protocol follows
-``shared/docs/strong-tickets.md`` Sec. 6 (the paper's projected-SGD claim, abstract):
+the paper's abstract (Xiong et al., projected SGD inside an epsilon-ball, then edge-popup):
 
 * ``norm=linf``: elementwise box ``|W - W0| <= eps * c`` with ``c`` = 1 (``eps_scale=absolute``),
   the layer's init std (``init_std``) or ``|W0|`` elementwise (``relative``);

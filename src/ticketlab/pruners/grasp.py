@@ -3,8 +3,8 @@
 ``g = sum_batches dL_T/dW`` (no graph) with ``L_T`` the cross-entropy of ``logits / T``, ``T = 200``;
 then ``Hg`` by backpropagating ``g . dL_T/dW`` per batch; score ``W * Hg``. The paper removes the
 weights with the largest ``-W * Hg``, i.e. keeps the largest ``W * Hg`` -- Synaptic-Flow's
-(current) ``GraSP`` rule; its earlier code used ``|W * Hg|`` (``shared/docs/pruning-at-init.md``
-Sec. 2.1). ``sign=abs`` reproduces that variant.
+(current) ``GraSP`` rule; its earlier code used ``|W * Hg|`` (Wang et al.'s
+alecwangcq/GraSP). ``sign=abs`` reproduces that variant.
 """
 
 from __future__ import annotations

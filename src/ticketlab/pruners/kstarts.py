@@ -1,8 +1,8 @@
 """``pruner=kstarts``: K random starts, keep the fittest (Haroon 2022, "What to Prune and What Not to
 Prune at Initialization", arXiv 2209.02201), optionally combined with dissipating gradients.
 
-**No public code exists and only the abstract is known**; this implements the proposed spec of
-``shared/docs/pruning-at-init.md`` Sec. 4, every open question a named option:
+**No public code exists and only the abstract is known**; this implements a specification written from
+the abstract, every open question a named option:
 
 * ``k`` candidate random masks (``mask_sampler``: ``layerwise_uniform`` = the same density in every
   layer, or ``global_uniform`` = one random top-k over all weights) share one initialization;

@@ -1,5 +1,5 @@
 """``pruner=phew``: Paths with Higher Edge Weights (Patil & Dovrolis, ICML 2021, Algorithm 1; code
-ShreyasMalakarjunPatil/PHEW ``PHEW/phew.py``; spec ``shared/docs/pruning-at-init.md`` Sec. 3).
+ShreyasMalakarjunPatil/PHEW ``PHEW/phew.py``).
 
 Data-free. Random walks through the network, biased by the initial weight magnitudes, add the
 edges they traverse to the mask until ``int(density * N)`` weights are kept:
@@ -130,7 +130,7 @@ def chain_route(weights: list[Tensor]) -> Route:
 def model_route(model: nn.Module, shortcuts: str = "faithful") -> Route:
     """The route of ``model``: a chain, or a ResNet of blocks with ``conv1``, ``conv2`` and ``shortcut``.
 
-    ResNets (reference ``PHEW/phew.py``; ``shared/docs/pruning-at-init.md`` Sec. 3.2): walks follow
+    ResNets (reference ``PHEW/phew.py``, its ResNet walk): walks follow
     the blocks' main convolutions; identity shortcuts are never used. At a downsampling block with a
     1x1-conv shortcut a forward walk flips a fair coin to take the shortcut instead of the block --
     ``faithful``: one layer early, before the previous block's conv2, as the reference does;

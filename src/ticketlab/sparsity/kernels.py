@@ -19,7 +19,7 @@ networks (LeNet-300-100) those passes cost more than the dense step itself. C++ 
 
 They give bit-identical results to the torch ops they replace (the tests compare them). They are
 compiled on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler and ``ninja`` are
-needed; about 20 s once, then cached under ``TORCH_EXTENSIONS_DIR``, by default
+needed; once, then cached under ``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``). Where that fails, a warning is logged once and the torch ops run
 instead: slower on small networks, same masks. ``TICKETLAB_KERNELS=torch`` turns the kernels off.
 CUDA tensors always take the torch path (one kernel each already, no host synchronisation).

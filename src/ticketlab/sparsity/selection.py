@@ -69,12 +69,10 @@ def kth_largest(flat: Tensor, k: int, nonnegative: bool = False) -> Tensor:
     """The ``k``-th largest entry of a 1-D tensor, by selection (never a full sort).
 
     On CUDA this is the smallest of ``topk(k)`` (a multi-block radix select; ``kthvalue`` on one long
-    row runs in a single thread block, 30x slower at a million entries). On the CPU, for non-float32
-    or small tensors, it is ``kthvalue``; for larger ones, where ``kthvalue`` costs ~12 ns per element,
-    one radix pass is done first: float32 bit
-    patterns are mapped to integers of the same order, a ``bincount`` over their top 16 bits
-    finds the bin holding the k-th largest value, and ``kthvalue`` runs on that bin only
-    (about 4x faster on a 235k-entry layer).
+    row runs in a single thread block). On the CPU, for non-float32 or small tensors, it is
+    ``kthvalue``; for larger ones one radix pass is done first: float32 bit patterns are mapped to
+    integers of the same order, a ``bincount`` over their top 16 bits finds the bin holding the k-th
+    largest value, and ``kthvalue`` runs on that bin only.
 
     Args:
         flat: 1-D tensor of ``n`` entries.

@@ -4,7 +4,8 @@ Percent-same is ``1 - normalized Hamming distance`` (the fraction of positions w
 agree); Jaccard is ``|A and B| / |A or B|`` over kept positions. For independent random masks of
 densities ``k1`` and ``k2`` the expected values are ``k1 k2 + (1 - k1)(1 - k2)`` and
 ``k1 k2 / (k1 + k2 - k1 k2)``, i.e. ``k^2 + (1 - k)^2`` and ``k / (2 - k)`` at equal density
-(Gorbett & Whitley 2023, Sec. 5, "mask diversity"; ``shared/docs/strong-tickets.md`` Sec. 4c).
+(Gorbett & Whitley 2023, "Randomly Initialized Subnetworks with Iterative Weight Recycling", Sec. 5,
+"mask diversity").
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Mask-structure metrics: effective sparsity, active width and the number of input-output paths.
 
 All three come from one "path network", built from a copy of the model
-(``shared/docs/pruning-at-init.md`` Sec. 6; the SynFlow trick of Vysogorets & Kempe, "Connectivity
-Matters", JMLR 2023, ``effective_masks_synflow``):
+(the SynFlow trick of Vysogorets & Kempe, "Connectivity Matters: Neural Network Pruning Through the
+Lens of Effective Sparsity", JMLR 2023, code ``effective_masks_synflow``):
 
 * every prunable weight becomes its binary mask (float64), every bias zero;
 * batch norm becomes the identity, max-pooling becomes sum-pooling over the same window,
