@@ -21,7 +21,7 @@ import torch
 
 from .conftest import IN_CI, ROOT, compose_cfg
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one cluster: one worker
 
 EPOCHS = 300  # about 20 s per job alone on digits, a minute when six share two cores
 
