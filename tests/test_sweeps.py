@@ -23,13 +23,13 @@ FAST = ["logger=none", "trainer.progress=false"]
 # Runs train.py with one job made to crash mid-training (pruner.sparsity=0.7), as a real bug would.
 CRASHY = """
 import runpy, sys
-import ticketlab.training.loop as loop
-real = loop.MainPhase.on_epoch_end
+import ticketlab.pruners.base as base
+real = base.MainPhase.on_epoch_end
 def on_epoch_end(self, state):
     if abs(self.pruner.cfg.sparsity - 0.7) < 1e-9:
         raise RuntimeError("injected crash for sparsity 0.7")
     return real(self, state)
-loop.MainPhase.on_epoch_end = on_epoch_end
+base.MainPhase.on_epoch_end = on_epoch_end
 sys.argv = ["train.py", *sys.argv[1:]]
 runpy.run_path("train.py", run_name="__main__")
 """
