@@ -253,14 +253,18 @@ class MainPhase(Phase):
         self.pruner.after_evaluation(state)
 
 
-def require_layer_biases(model: nn.Module, key: str) -> None:
-    """Raise unless some Conv/Linear layer of ``model`` has a bias (for ``<key>=true``).
+def require_layer_biases(model: nn.Module, setting: str) -> None:
+    """Raise unless some Conv/Linear layer of ``model`` has a bias (what ``setting`` needs).
+
+    Args:
+        model: the built model.
+        setting: the setting that needs biases, as the user wrote it (``pruner.prune_bias=true``).
 
     Raises:
-        ConfigError: naming ``key`` and ``model.bias=true``.
+        ConfigError: naming ``setting`` and ``model.bias=true``.
     """
     if not any(getattr(m, "bias", None) is not None for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)):
-        raise ConfigError(f"{key}=true but the model has no layer biases; set model.bias=true.")
+        raise ConfigError(f"{setting} but the model has no layer biases; set model.bias=true.")
 
 
 def require_affine_bn(model: nn.Module, key: str) -> None:

@@ -171,7 +171,7 @@ class EdgePopup(Pruner):
                 biases, or ``train_bn`` without affine batch norm.
         """
         if self.cfg.prune_bias:
-            require_layer_biases(model, "pruner.prune_bias")
+            require_layer_biases(model, "pruner.prune_bias=true")
         if self.cfg.train_bn:
             require_affine_bn(model, "pruner.train_bn")
         if self.cfg.anneal_levels and ctx.epochs < self.cfg.anneal_levels:

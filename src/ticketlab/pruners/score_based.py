@@ -200,7 +200,7 @@ class ScorePruner(Pruner):
                 biases, or ``min_weights_per_layer`` reserving more weights than the target keeps.
         """
         if self.cfg.prune_bias:
-            require_layer_biases(model, "pruner.prune_bias")
+            require_layer_biases(model, "pruner.prune_bias=true")
         if self.needs_data and ctx.data is None:
             raise ConfigError(f"pruner={self.cfg.name} needs training data to score weights.")
         warnings = []

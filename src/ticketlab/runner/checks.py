@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import ConfigError
+from ticketlab.pruners.base import require_layer_biases
 
 
 def cross_checks(rc: Any) -> list[str]:
@@ -47,10 +48,8 @@ def check_model(rc: Any, model: nn.Module) -> None:
     Raises:
         ConfigError: ``init.bias_init`` other than ``zero``/``default`` on a model without layer biases.
     """
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-    if rc.init.bias_init not in ("zero", "default") and not any(m.bias is not None for m in layers):
-        raise ConfigError(f"init.bias_init={rc.init.bias_init} but the model has no layer biases; "
-                          "set model.bias=true.")
+    if rc.init.bias_init not in ("zero", "default"):
+        require_layer_biases(model, f"init.bias_init={rc.init.bias_init}")
 
 
 def model_warnings(model: nn.Module, input_shape: tuple[int, ...], model_name: str) -> list[str]:

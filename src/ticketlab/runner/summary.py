@@ -80,12 +80,11 @@ class Summary:
     layer_densities: dict[str, float] = field(default_factory=dict)
     run_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-    validated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, in field order, without the validation keys of a run without a validation split."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "validated")}
-        if not self.validated:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        if self.best_val_epoch is None:  # no validation split
             for key in VALIDATION_KEYS:
                 out.pop(key)
         return {**out, **self.extra}
@@ -109,7 +108,7 @@ def _validation(history: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     best = max(history, key=lambda r: r["val_acc"])
     return {"best_val_acc": best["val_acc"], "best_val_epoch": best["epoch"],
-            "test_acc_at_best_val": best["test_acc"], "val_acc": history[-1]["val_acc"], "validated": True}
+            "test_acc_at_best_val": best["test_acc"], "val_acc": history[-1]["val_acc"]}
 
 
 def summarize(rc: RunConfig, model: torch.nn.Module, history: list[dict[str, Any]], status: str,
