@@ -467,27 +467,37 @@ def test_imp_target_sparsity_sets_levels():
 
 # --------------------------------------------------------------------------- K-starts / dissipating gradients
 def test_dissipating_removes_the_least_moved_weights(cfg_factory, tmp_path):
+    """Pruning after epochs 1 and 2 (epochs_to_prune=2) is applied when epochs 2 and 3 begin: every epoch trains
+    and is evaluated with one mask (epoch 1 dense, epoch 2 at 0.6, epoch 3 at the target 0.2)."""
     from ticketlab.runner.build import setup
+
+    from .epoch_trace import trace_kept
 
     job = setup(cfg_factory("pruner=dissipating_gradients", "pruner.epochs_to_prune=2", "pruner.sparsity=0.8",
                             "init=kaiming_normal", "optimizer.lr=0.05", "trainer.epochs=3"), run_dir=tmp_path)
     pruner, trainer = job.pruner, job.trainer
     after_epoch_1 = {}
-    hook = pruner.on_epoch_end
+    hook = pruner.begin_epoch
 
-    def spy(state):  # the state right after epoch 1's pruning step
+    def spy(state):  # the state right after the pruning step that follows epoch 1
         hook(state)
-        if state.epoch == 1:
+        if state.epoch == 1 and "masks" not in after_epoch_1:
             after_epoch_1["masks"] = [fm.mask.bool().clone() for fm in pruner.masks]
             after_epoch_1["weights"] = [w.detach().clone() for w in pruner.weights]
             after_epoch_1["report"] = sparsity_report(state.model)
 
-    pruner.on_epoch_end = spy
+    pruner.begin_epoch = spy
+    trained, evaluated = trace_kept(job)
     trainer.fit()
     rep, masks1 = after_epoch_1["report"], after_epoch_1["masks"]
     assert rep.density == pytest.approx(0.6, abs=1e-3)  # halfway from 1.0 to 0.2
-    # right after epoch 1 the weights are those the pruning step saw: every removed weight moved
-    # (relative to its init) no more than any kept one, globally
+    total = rep.total
+    assert [trained[e] for e in range(3)] == [{total}, {rep.kept}, {num_kept(total, 0.8)}]
+    assert evaluated == [total, rep.kept, num_kept(total, 0.8)]
+    assert [row["sparsity"] for row in trainer.history] == [0.0, pytest.approx(0.4, abs=1e-3),
+                                                            pytest.approx(0.8, abs=1e-3)]
+    # the pruning step saw the weights after epoch 1: every removed weight moved (relative to its init) no
+    # more than any kept one, globally
     moved = torch.cat([((w - w0).abs() / (w0.abs() + 1e-12)).reshape(-1)
                        for w, w0 in zip(after_epoch_1["weights"], pruner.theta0, strict=True)])
     kept = torch.cat([m.reshape(-1) for m in masks1])
@@ -497,6 +507,9 @@ def test_dissipating_removes_the_least_moved_weights(cfg_factory, tmp_path):
     assert all(torch.equal(m3 & m1, m3) for m1, m3 in zip(masks1, masks3, strict=True))  # removed stay removed
     assert sparsity_report(trainer.model).density == pytest.approx(0.2, abs=1e-3)
     assert pruner.history == pytest.approx([0.6, 0.2], abs=1e-3)
+    short = setup(cfg_factory("pruner=dissipating_gradients", "pruner.epochs_to_prune=2", "trainer.epochs=2"),
+                  run_dir=tmp_path / "short")
+    assert any("trainer.epochs > 2" in w for w in short.warnings)
 
 
 def test_kstarts_selects_by_fitness_rank_sum():

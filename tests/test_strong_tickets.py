@@ -25,6 +25,8 @@ from ticketlab.sparsity.report import sparsity_report
 from ticketlab.sparsity.selection import num_kept, num_kept_percentile
 from ticketlab.sparsity.similarity import chance, compare_mask_sets, similarity
 
+from .epoch_trace import trace_kept
+
 CPU = torch.device("cpu")
 
 
@@ -206,12 +208,22 @@ def test_recycling_happens_after_the_epochs_evaluation(cfg_factory, tmp_path):
     assert job.pruner.recycled_at == [2, 3]
 
 
-def test_recycling_every_steps(cfg_factory, tmp_path):
-    job = setup(cfg_factory("pruner=weight_recycling", "pruner.every_steps=7", "trainer.epochs=2",
-                            "trainer.limit_train_batches=10"), run_dir=tmp_path)
+@pytest.mark.parametrize("every_steps, warmup, epochs", [(4, 0, 3), (7, 0, 2), (3, 1, 3)])
+def test_recycling_every_steps_follows_the_in_epoch_batch_index(cfg_factory, tmp_path, every_steps, warmup, epochs):
+    """mattgorb/parameter_tiling_and_recycling ``trainers/default.py`` 70-72: recycle after the step of batch
+    ``i`` (0-based, within the epoch) when ``i % rerand_iter_freq == 0 and epoch > 0``; ``default_parallel.py``
+    adds ``epoch > rerand_warmup``. 10 batches, F = 4, 3 epochs: steps 11, 15, 19, 21, 25, 29 (the global-step
+    rule gave 12, 16, 20, 24, 28)."""
+    job = setup(cfg_factory("pruner=weight_recycling", f"pruner.every_steps={every_steps}", f"pruner.warmup={warmup}",
+                            f"trainer.epochs={epochs}", "trainer.limit_train_batches=10"), run_dir=tmp_path)
+    steps = []
+    job.pruner.recycle = (lambda f: lambda model: (f(model), steps.append(job.trainer.state.step)))(job.pruner.recycle)
     job.trainer.fit()
-    # optimizer steps 7 and 14 are multiples of 7; step 7 is inside 0-based epoch 0, which is not > warmup = 0
-    assert job.pruner.recycled_at == [14]
+    expected = [10 * epoch + i + 1 for epoch in range(epochs) for i in range(10)
+                if i % every_steps == 0 and epoch > 0 and epoch > warmup]
+    assert job.pruner.recycled_at == steps == expected
+    if (every_steps, warmup, epochs) == (4, 0, 3):
+        assert expected == [11, 15, 19, 21, 25, 29]
 
 
 def test_recycling_on_biprop():
@@ -273,22 +285,21 @@ def test_clamped_scores_stay_nonnegative(cfg_factory, tmp_path):
     assert all(float(mt.mask.scores.detach().min()) >= 0 for mt in masked_tensors(job.trainer.model))
 
 
-def test_density_annealing_levels():
-    cfg = EdgePopupConfig(sparsity=0.9, anneal_levels=3, anneal_start_density=0.6)
-    model, pruner = prepared(cfg, epochs=6)
-    densities = [sparsity_report(model).density]
-    state = hook_state(model)
-    for epoch in range(1, 7):
-        state.epoch = epoch
-        pruner.on_epoch_end(state)
-        densities.append(sparsity_report(model).density)
+def test_density_annealing_levels(cfg_factory, tmp_path):
+    """Three levels over 6 epochs (level ends 2, 4, 6): epochs 0-1 train and are evaluated at level 0, 2-3 at
+    level 1, 4-5 at the target; a resumed pruner restores the level it was at."""
+    job = setup(cfg_factory("pruner=edge_popup", "pruner.sparsity=0.9", "pruner.anneal_levels=3",
+                            "pruner.anneal_start_density=0.6", "trainer.epochs=6"), run_dir=tmp_path)
+    trained, evaluated = trace_kept(job)
+    job.trainer.fit()
+    total = sum(m.scores.numel() for m in job.pruner.masks)
     f = (0.1 / 0.6) ** (1 / 3)
-    assert densities[0] == pytest.approx(0.6 * f, abs=1e-3)
-    assert densities[2] == pytest.approx(0.6 * f * f, abs=1e-3)  # level 2 after epoch 2
-    assert densities[-1] == pytest.approx(0.1, abs=1e-3)
-    state = pruner.state_dict()
-    model2, pruner2 = prepared(cfg, epochs=6)
-    pruner2.load_state_dict(state)
+    density = [0.6 * f, 0.6 * f, 0.6 * f * f, 0.6 * f * f, 0.1, 0.1]
+    assert [len(trained[e]) for e in range(6)] == [1] * 6
+    assert [next(iter(trained[e])) / total for e in range(6)] == [pytest.approx(d, abs=2e-3) for d in density]
+    assert evaluated == [next(iter(trained[e])) for e in range(6)]
+    model2, pruner2 = prepared(EdgePopupConfig(sparsity=0.9, anneal_levels=3, anneal_start_density=0.6), epochs=6)
+    pruner2.load_state_dict(job.pruner.state_dict())
     assert sparsity_report(model2).density == pytest.approx(0.1, abs=1e-3)
 
 
@@ -463,20 +474,73 @@ def test_edge_popup_percentile_kept_count(cfg_factory, tmp_path):
               run_dir=tmp_path / "b")
 
 
+def test_percentile_kept_count_applies_to_a_joint_weight_and_bias_group(cfg_factory, tmp_path):
+    """With ``prune_bias`` the layer's weights and bias share one top-k; its count follows ``kept_count`` (before:
+    the floor rule, silently)."""
+    job = setup(cfg_factory("pruner=edge_popup", "pruner.kept_count=percentile", "pruner.prune_bias=true",
+                            "model.bias=true", "pruner.sparsity=0.7", "trainer.epochs=0"), run_dir=tmp_path)
+    x, _ = next(iter(job.trainer.data.test))
+    job.trainer.model(x)
+    groups = score_groups(job.pruner.masks)
+    assert groups and all(len(g.members) == 2 for g in groups)
+    for g in groups:
+        n = sum(m.scores.numel() for m in g.members)
+        assert sum(int(m.mask.sum()) for m in g.members) == num_kept_percentile(n, 0.7)
+    assert any(num_kept_percentile(sum(m.scores.numel() for m in g.members), 0.7) !=
+               num_kept(sum(m.scores.numel() for m in g.members), 0.7) for g in groups)
+
+
+@pytest.mark.parametrize("kept_count", ["percentile", "floor"])
+def test_iterand_candidates_follow_the_masks_count_rule(cfg_factory, tmp_path, kept_count):
+    """dchiji-ntt/iterand ``sparse_modules.py`` ``rerandomize``: the candidates are the weights
+    ``GetSubnet(score, sparsity * rate)`` removes, i.e. the masks' own count rule at sparsity p * rho
+    (p = 0.9, rho = 0.3, n = 4,096: 1,106 by the percentile rule; the old slack formula gave 1,105)."""
+    job = setup(cfg_factory("pruner=iterand", f"pruner.kept_count={kept_count}", "pruner.sparsity=0.9",
+                            "pruner.candidate_rate=0.3", "pruner.rate=1.0", "pruner.period=1", "init=kaiming_normal",
+                            "trainer.epochs=1",
+                            "trainer.limit_train_batches=1"), run_dir=tmp_path)
+    before = {mt.name: mt.original.detach().clone() for mt in masked_tensors(job.trainer.model)}
+    job.trainer.fit()  # one step, then one re-randomization of every candidate (rate 1)
+    count = num_kept_percentile if kept_count == "percentile" else num_kept
+    for mt in masked_tensors(job.trainer.model):
+        n = mt.original.numel()
+        changed = int((mt.original.detach() != before[mt.name]).sum())
+        assert changed == n - count(n, 0.9 * 0.3), mt.name
+    assert 4096 - num_kept_percentile(4096, 0.9 * 0.3) == 1106
+
+
 def test_biprop_global_density_ramp_is_cubic(cfg_factory, tmp_path):
-    """chrundle/biprop main.py: global scope, density 0.5 -> target over ramp_epochs, cubic."""
+    """chrundle/biprop ``main.py`` 155-163: global scope, the density of epoch e is set at the top of epoch e,
+    0.5 -> target over ramp_epochs on a cubic; training and ``validate()`` of epoch e both threshold with it
+    (``trainers/default.py`` 91 and 221). Checked through the loop: every forward of epoch e, training and
+    evaluation alike, sees the same kept count."""
     job = setup(cfg_factory("pruner=biprop", "pruner.scope=global", "pruner.sparsity=0.9", "pruner.ramp_epochs=4",
                             "init=kaiming_normal", "trainer.epochs=6"), run_dir=tmp_path)
-    seen = []
-    job.pruner.on_epoch_end = (lambda f: lambda state: (f(state), seen.append(
-        sum(int(m.k) for m in score_groups(job.pruner.masks)))))(job.pruner.on_epoch_end)
+    trained, evaluated = trace_kept(job)
     job.trainer.fit()
     total = sum(m.scores.numel() for m in job.pruner.masks)
-    expected = [num_kept(total, 1 - (0.1 + 0.4 * (1 - e / 4) ** 3)) for e in range(1, 4)] + [num_kept(total, 0.9)] * 3
-    assert seen == expected
+    expected = [num_kept(total, 1 - (0.1 + 0.4 * (1 - e / 4) ** 3)) for e in range(4)] + [num_kept(total, 0.9)] * 2
+    assert [trained[e] for e in range(6)] == [{k} for k in expected]
+    assert evaluated == expected  # before: each epoch was evaluated at the next epoch's density
+    assert [row["sparsity"] for row in job.trainer.history] == [pytest.approx(1 - k / total) for k in expected]
     assert [job.pruner.ramp_density(e) for e in (0, 4)] == [0.5, pytest.approx(0.1)]
-    report = sparsity_report(job.trainer.model)
-    assert report.kept == num_kept(total, 0.9)
+    assert sparsity_report(job.trainer.model).kept == num_kept(total, 0.9)
     layerwise = setup(cfg_factory("pruner=biprop", "pruner.sparsity=0.9", "init=kaiming_normal"),
                       run_dir=tmp_path / "b")
     assert not layerwise.pruner.ramps
+
+
+def test_biprop_run_shorter_than_its_ramp_ends_with_the_mask_it_trained(cfg_factory, tmp_path):
+    """k = 0.05, ramp 6, 4 epochs: the last epoch trains at density 0.05 + 0.45 (1 - 3/6)^3 = 0.10625, which the
+    warning names; the final mask is that one (before: 0.0667, the next epoch's, never trained)."""
+    cfg = cfg_factory("pruner=biprop", "pruner.scope=global", "pruner.sparsity=0.95", "pruner.ramp_epochs=6",
+                      "init=kaiming_normal", "trainer.epochs=4")
+    job = setup(cfg, run_dir=tmp_path)
+    trained, evaluated = trace_kept(job)
+    job.trainer.fit()
+    total = sum(m.scores.numel() for m in job.pruner.masks)
+    last = num_kept(total, 1 - 0.10625)
+    assert trained[3] == {last} and evaluated[-1] == last
+    assert sparsity_report(job.trainer.model).kept == last
+    assert any("ends at density 0.1062" in w or "ends at density 0.1063" in w
+               for w in job.pruner.check(job.trainer.model, job.ctx))

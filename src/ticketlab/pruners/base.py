@@ -17,10 +17,12 @@ ConfigStore as ``/schema/pruner/<name>``) and a :class:`Pruner` subclass, both r
    the loop;
 6. :meth:`Pruner.begin_main` and :meth:`Pruner.trainable_parameters` -- when the main training
    begins (or resumes): what the optimizer (and its weight decay) updates;
-7. :meth:`Pruner.after_backward`, :meth:`Pruner.on_step_end`, :meth:`Pruner.on_epoch_end` and
-   :meth:`Pruner.after_evaluation` during the main training -- the same hooks as a
-   :class:`~ticketlab.pruners.phases.Phase`; they receive a :class:`~ticketlab.pruners.phases.TrainState`
-   (model, optimizer, scheduler, counters, last batch), never the loop;
+7. :meth:`Pruner.begin_epoch`, :meth:`Pruner.after_backward`, :meth:`Pruner.on_step_end`,
+   :meth:`Pruner.on_epoch_end` and :meth:`Pruner.after_evaluation` during the main training -- the
+   same hooks as a :class:`~ticketlab.pruners.phases.Phase`; they receive a
+   :class:`~ticketlab.pruners.phases.TrainState` (model, optimizer, scheduler, counters, last batch),
+   never the loop. An epoch is evaluated with what it trained with: a change for the next epoch
+   goes in :meth:`Pruner.begin_epoch`;
 8. :meth:`Pruner.state_dict` / :meth:`Pruner.load_state_dict` -- method state for checkpoints;
 9. :meth:`Pruner.summary` -- method facts for ``summary.json``.
 
@@ -181,6 +183,11 @@ class Pruner:
     def begin_main(self, state: TrainState, resumed: bool) -> None:
         """The main training begins (``resumed``: it continues from a checkpoint; change no value then)."""
 
+    def begin_epoch(self, state: TrainState) -> None:
+        """Before the first step of main-training epoch ``state.epoch`` (0-based), also when a run resumes
+        inside it: set what the epoch trains and is evaluated with (a density schedule). Calling it twice
+        for the same epoch must change nothing."""
+
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Parameters the optimizer updates (default: every parameter with ``requires_grad``)."""
         return [p for p in model.parameters() if p.requires_grad]
@@ -190,7 +197,8 @@ class Pruner:
 
     def on_epoch_end(self, state: TrainState) -> None:
         """Called after every main training epoch, before the LR scheduler steps and before evaluation;
-        ``state.epoch`` is the number of completed epochs (from 1)."""
+        ``state.epoch`` is the number of completed epochs (from 1). What it changes is evaluated as this
+        epoch's result; a change for the next epoch belongs in :meth:`begin_epoch`."""
 
     def after_evaluation(self, state: TrainState) -> None:
         """Called after every main training epoch's evaluation and metric row, before its checkpoint
@@ -237,6 +245,10 @@ class MainPhase(Phase):
     def backward_hook(self) -> Callable[[TrainState], None] | None:
         """The method's :meth:`Pruner.after_backward` when it has one."""
         return self.pruner.after_backward if type(self.pruner).after_backward is not Pruner.after_backward else None
+
+    def begin_epoch(self, state: TrainState) -> None:
+        """The method's epoch-start hook."""
+        self.pruner.begin_epoch(state)
 
     def on_step_end(self, state: TrainState) -> None:
         """The method's step hook."""

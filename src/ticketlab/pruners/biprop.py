@@ -151,14 +151,10 @@ class Biprop(EdgePopup):
             for unit in score_groups(self.masks):
                 unit.set_sparsity(1.0 - self.ramp_density(epoch))
 
-    def begin_main(self, state: TrainState, resumed: bool) -> None:
-        """Set the ramp's density for the epoch the training starts (or resumes) in."""
-        super().begin_main(state, resumed)
-        self._apply_ramp(state.epoch)
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        """Edge-popup's epoch hook, then the ramp's density for the next epoch."""
-        super().on_epoch_end(state)
+    def begin_epoch(self, state: TrainState) -> None:
+        """Edge-popup's epoch-start hook, then the ramp's density for 0-based epoch ``state.epoch``: the epoch
+        trains and is evaluated with it (chrundle/biprop ``main.py``, density set at the top of each epoch)."""
+        super().begin_epoch(state)
         self._apply_ramp(state.epoch)
 
     def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:

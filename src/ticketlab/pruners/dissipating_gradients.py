@@ -6,7 +6,9 @@ the abstract, with every open question a named option:
 
 * training starts dense (or from the mask another method set up, see ``pruner=kstarts``);
 * after each of the first ``epochs_to_prune`` epochs the kept fraction steps down linearly towards
-  the target (``density_e = d0 - (d0 - D) * e / epochs_to_prune``, ``d0`` the starting density),
+  the target (``density_e = d0 - (d0 - D) * e / epochs_to_prune``, ``d0`` the starting density), applied
+  when the next epoch begins: an epoch is trained and evaluated with one mask, and a run needs more
+  than ``epochs_to_prune`` epochs to reach the target;
   removing the kept weights that moved least relative to their initial value,
   ``|theta_e - theta_0| / (|theta_0| + 1e-12)`` (``movement=relative``) or in absolute terms
   (``movement=absolute``);
@@ -95,10 +97,21 @@ class Dissipating(Pruner):
         frac = min(epoch, self.cfg.epochs_to_prune) / self.cfg.epochs_to_prune
         return self.start_density - (self.start_density - target) * frac
 
+    def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
+        """Warn when the run ends before the schedule reaches the target density."""
+        if ctx.epochs > self.cfg.epochs_to_prune:
+            return []
+        return [f"pruner={self.cfg.name} prunes after each of the first pruner.epochs_to_prune="
+                f"{self.cfg.epochs_to_prune} epochs, and an epoch trains and is evaluated with the mask it starts "
+                f"with, so trainer.epochs={ctx.epochs} ends before the last pruning step: the run ends above the "
+                f"target density {self.cfg.density:g}; set trainer.epochs > {self.cfg.epochs_to_prune}."]
+
     @torch.no_grad()
-    def on_epoch_end(self, state: TrainState) -> None:
-        """During the first ``epochs_to_prune`` epochs: remove the least-moved kept weights."""
-        if state.epoch > self.cfg.epochs_to_prune or not self.masks:
+    def begin_epoch(self, state: TrainState) -> None:
+        """At the start of 0-based epoch ``e`` in ``1..epochs_to_prune``: remove the kept weights that moved least
+        during the epochs before, down to the schedule's density after ``e`` epochs. Done once per epoch (the
+        density history counts the steps taken), so a run resumed inside the epoch does not prune again."""
+        if not 1 <= state.epoch <= self.cfg.epochs_to_prune or len(self.history) >= state.epoch or not self.masks:
             return
         density = self.density_after(state.epoch)
         scores, relative = [], []

@@ -191,13 +191,18 @@ class EdgePopup(Pruner):
                 for m in self.masks:
                     m.scores.clamp_(min=0)
 
-    def on_epoch_end(self, state: TrainState) -> None:
-        """Advance the annealing level; fit the output scale (scaled edge-popup)."""
-        if self.cfg.anneal_levels and self.level < self.cfg.anneal_levels - 1 \
-                and state.epoch >= self.level_ends[self.level]:
-            self.level += 1
+    def begin_epoch(self, state: TrainState) -> None:
+        """The annealing level of 0-based epoch ``state.epoch``: the epoch trains and is evaluated at it."""
+        if not self.cfg.anneal_levels:
+            return
+        level = sum(1 for end in self.level_ends[:-1] if state.epoch >= end)
+        if level != self.level:
+            self.level = level
             for unit in score_groups(self.masks):
                 unit.set_sparsity(self.level_sparsity(self.level))
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Fit the output scale (scaled edge-popup); predictions, and so the epoch's accuracy, do not change."""
         if self.cfg.scaling and state.batch is not None:
             self._rescale(state)
 

@@ -157,10 +157,14 @@ class KStarts(Dissipating):
         self.theta0_init, self.order, self.results = state["theta0_init"], state["order"], state["results"]
         self.grad_accum, self.fitness, self.winner = state["grad_accum"], state["fitness"], state["winner"]
 
-    def on_epoch_end(self, state: TrainState) -> None:
+    def begin_epoch(self, state: TrainState) -> None:
         """Dissipating gradients on the winner (combination only)."""
         if self.cfg.dissipating:
-            super().on_epoch_end(state)
+            super().begin_epoch(state)
+
+    def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
+        """Dissipating's warning, for the combination only."""
+        return super().check(model, ctx) if self.cfg.dissipating else []
 
     def summary(self) -> dict[str, Any]:
         """Candidates' fitness, the winner, and (combination) the density history."""

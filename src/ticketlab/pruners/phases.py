@@ -38,8 +38,9 @@ class TrainState:
         optimizer: the optimizer of the current phase (``None`` before a phase begins).
         scheduler: the per-epoch learning-rate scheduler of the current phase, if any.
         phase: the phase's name (``"main"`` for the training the run is about).
-        epoch: completed epochs of the phase (0 before the first one ends).
+        epoch: completed epochs of the phase (0 before the first one ends); inside an epoch, its 0-based index.
         step: completed optimizer steps of the phase.
+        batch_index: 0-based index, within its epoch, of the batch of the last optimizer step.
         epochs: how many epochs the phase lasts.
         batch: the last training batch ``(x: (B, C, H, W), y: (B,))``, or ``None`` (under DDP: this
             rank's part of it; :meth:`global_batch` gathers the whole).
@@ -58,6 +59,7 @@ class TrainState:
     phase: str = "main"
     epoch: int = 0
     step: int = 0
+    batch_index: int = 0
     epochs: int = 0
     batch: tuple[Tensor, Tensor] | None = None
     dist: Dist | None = None
@@ -98,9 +100,15 @@ class Phase:
 
     Subclasses set :attr:`name`, :attr:`epochs` (and optionally :attr:`max_steps`,
     :attr:`batches_per_epoch`) and implement :meth:`begin`. The loop calls, in order:
-    :meth:`begin`; per step :meth:`after_backward` and :meth:`on_step_end`; per completed epoch
-    :meth:`on_epoch_end`; finally :meth:`end`. Whatever a phase must remember across a resume lives
-    in the method's :meth:`~ticketlab.pruners.Pruner.state_dict` or in the model.
+    :meth:`begin`; per epoch :meth:`begin_epoch`, then per step :meth:`after_backward` and
+    :meth:`on_step_end`, then :meth:`on_epoch_end` and (evaluated phases) :meth:`after_evaluation`;
+    finally :meth:`end`.
+
+    What an epoch is evaluated with is what it trained with: a change meant for the next epoch (a
+    density schedule, an annealing level) belongs in :meth:`begin_epoch` of that epoch, never in
+    :meth:`on_epoch_end`, which runs before the evaluation (chrundle/biprop ``main.py`` sets the
+    density at the top of each epoch, and its training and ``validate()`` both use it). Whatever a phase
+    must remember across a resume lives in the method's :meth:`~ticketlab.pruners.Pruner.state_dict` or in the model.
 
     Attributes:
         name: unique among the run's phases (``"main"`` is the main training's).
@@ -131,6 +139,10 @@ class Phase:
         """
         raise NotImplementedError
 
+    def begin_epoch(self, state: TrainState) -> None:
+        """Before the first step of the epoch ``state.epoch`` (0-based), and again when a run resumes inside it:
+        set what this epoch trains and is evaluated with. Must give the same result when called twice."""
+
     def after_backward(self, state: TrainState) -> None:
         """After ``loss.backward()``, before the optimizer step (e.g. read or edit gradients)."""
 
@@ -143,10 +155,12 @@ class Phase:
         """After the optimizer step; ``state.step`` counts it."""
 
     def on_epoch_end(self, state: TrainState) -> None:
-        """After each completed epoch of the phase."""
+        """After each completed epoch of the phase, before its evaluation: what it changes is part of this epoch's
+        result (evaluated, and kept when the epoch is the last); ``state.epoch`` counts the epoch."""
 
     def after_evaluation(self, state: TrainState) -> None:
-        """After the epoch's evaluation (phases with :attr:`evaluated` only), before the epoch's checkpoint."""
+        """After the epoch's evaluation (phases with :attr:`evaluated` only), before the epoch's checkpoint; a
+        change here after the phase's last epoch would never be evaluated."""
 
     def end(self, state: TrainState) -> None:
         """When the phase is over (its last step taken), before the next phase begins."""

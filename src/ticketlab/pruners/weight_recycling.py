@@ -12,8 +12,9 @@ rule are untouched. ``source=next_lowest`` is the paper's ablation (copy from po
 Schedule (reference ``main.py`` / ``main_parallel.py``): after 0-based epoch ``e`` when ``e > 0``,
 ``e % every == 0``, ``e != epochs - 1`` and ``e > warmup`` (the reference's ``rerand_warmup`` test), after
 that epoch's evaluation (the reference recycles after validation, so an epoch's reported accuracy is
-the one before recycling). ``every_steps > 0`` recycles instead after every ``every_steps``-th optimizer step
-(the reference's iteration frequency, ``trainers/default.py``), once ``e > warmup``.
+the one before recycling). ``every_steps = F > 0`` recycles instead after the step of every batch whose
+index within its epoch is a multiple of ``F`` (the reference's iteration frequency, ``trainers/default.py``),
+once ``e > warmup``: 10 batches per epoch, F = 4, 3 epochs recycle after steps 11, 15, 19, 21, 25, 29.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class WeightRecyclingConfig(EdgePopupConfig):
         base: ``edge_popup`` or ``biprop`` (which mask the recycling runs on).
         rate: rho, fraction of each layer's weights recycled, in [0, 1] (default 0.2).
         every: F, epochs between recyclings (default 10).
-        every_steps: > 0: recycle every this many optimizer steps instead of every ``every`` epochs.
+        every_steps: > 0: recycle after the batches whose in-epoch index is a multiple of this, instead of
+            every ``every`` epochs.
         warmup: recycle only after 0-based epochs ``e > warmup`` (0: from the end of epoch 1 on).
         source: ``top`` (the method) or ``next_lowest`` (the ablation).
     """
@@ -122,10 +124,12 @@ class WeightRecycling(EdgePopup):
             self.recycled_at.append(state.epoch)
 
     def on_step_end(self, state: TrainState) -> None:
-        """Score clamping (edge-popup); with ``every_steps``, recycle every ``every_steps`` steps after warm-up
-        (``recycled_at`` then holds step numbers)."""
+        """Score clamping (edge-popup); with ``every_steps`` = F, recycle after the step of every in-epoch batch
+        index ``i`` with ``i % F == 0`` in 0-based epochs ``e > warmup`` (the reference's ``trainers/default.py``
+        ``i % rerand_iter_freq == 0 and epoch > 0``, ``default_parallel.py`` ``epoch > rerand_warmup``);
+        ``recycled_at`` then holds the phase's step numbers."""
         super().on_step_end(state)
-        if self.cfg.every_steps and state.step % self.cfg.every_steps == 0 and state.epoch > self.cfg.warmup:
+        if self.cfg.every_steps and state.batch_index % self.cfg.every_steps == 0 and state.epoch > self.cfg.warmup:
             self.recycle(state.model)
             self.recycled_at.append(state.step)
 

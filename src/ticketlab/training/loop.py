@@ -289,6 +289,7 @@ class Trainer:
         label = f"epoch {st.epoch + 1}/{phase.epochs}" + ("" if phase is self.main else f" ({phase.name})")
         bar = tqdm(total=total, initial=start.batch, desc=label, leave=False, dynamic_ncols=True,
                    disable=None if self.cfg.progress else True)  # None: off when stderr is not a terminal
+        phase.begin_epoch(st)  # what this epoch trains and is evaluated with (again when resuming inside it)
         hook = phase.backward_hook()
         after_backward = (lambda: hook(st)) if hook is not None else None
         cut_short = False
@@ -340,7 +341,7 @@ class Trainer:
             raise Diverged(bad, phase.name, st.epoch + 1, st.step + 1, st.lr)
         st.step += 1
         self.global_step += 1
-        st.batch = (x, y)
+        st.batch, st.batch_index = (x, y), i
         phase.on_step_end(st)
         return loss, hits, bad
 
