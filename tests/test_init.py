@@ -38,6 +38,26 @@ def test_kaiming_std(name):
         assert float(layer.weight.detach().abs().max()) <= math.sqrt(6.0 / 200)
 
 
+def test_torch_default_is_pytorchs_own_layer_init(cfg_factory):
+    """``init=torch_default`` (conf/init/torch_default.yaml): weights and biases U(+-1/sqrt(fan_in)), the distribution
+    ``nn.Linear.reset_parameters`` draws (Kaiming-uniform with a = sqrt(5)); compared with PyTorch's own draw."""
+    from ticketlab.runner.validate import resolve
+
+    rc = resolve(cfg_factory("init=torch_default", "model.bias=true"))
+    assert (rc.init.nonlinearity, rc.init.mode, rc.init.bias_init) == ("linear", "fan_in", "default")
+    m = build_model(ModelConfig(name="mlp", widths=[200, 200, 200], bias=True), (1, 10, 10), 10)
+    init_weights(m, rc.init, seed=0)
+    torch.manual_seed(0)
+    reference = nn.Linear(200, 200)  # PyTorch's default draw, for its statistics
+    for _, layer in prunable_layers(m):
+        bound = 1.0 / math.sqrt(layer.in_features)
+        assert float(layer.weight.detach().abs().max()) <= bound
+        assert float(layer.bias.detach().abs().max()) <= bound and bool((layer.bias != 0).any())
+    layer = prunable_layers(m)[1][1]  # 200 x 200
+    assert float(layer.weight.detach().std()) == pytest.approx(float(reference.weight.detach().std()), rel=0.03)
+    assert float(layer.weight.detach().std()) == pytest.approx(1.0 / math.sqrt(3 * 200), rel=0.03)
+
+
 def test_same_seed_same_weights_and_equal_shapes_differ():
     a, b = model(), model()
     init_weights(a, InitConfig(name="kaiming_normal"), seed=3)
