@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from ticketlab.pruners.synflow import SynflowConfig
 from ticketlab.runner.run import run
 from ticketlab.sparsity.masks import FixedMask, attach, attach_fixed_masks, masked_tensors
 from ticketlab.sparsity.report import mask_dict, sparsity_report
+from ticketlab.sparsity.selection import num_kept
 from ticketlab.sparsity.structure import mask_structure
 
 CPU = torch.device("cpu")
@@ -204,15 +206,83 @@ def test_exponential_schedule_reaches_exact_target():
 def test_allocate_global_layerwise_and_guard():
     g = torch.Generator().manual_seed(0)
     scores = [torch.rand(100, generator=g), torch.rand(10, generator=g) * 1e-3]  # second layer always loses
-    glob = allocate(scores, 0.1, "global")
+    glob = allocate(scores, 0.9, "global")  # sparsity 0.9: 11 of 110 kept
     assert sum(int(m.sum()) for m in glob) == 11 and int(glob[1].sum()) == 0
-    guarded = allocate(scores, 0.1, "global", min_per_layer=3)
+    guarded = allocate(scores, 0.9, "global", min_per_layer=3)
     assert sum(int(m.sum()) for m in guarded) == 11 and int(guarded[1].sum()) == 3
     assert torch.equal(guarded[1], scores[1] >= scores[1].topk(3).values[-1])
-    per_layer = allocate(scores, 0.1, "layerwise")
+    per_layer = allocate(scores, 0.9, "layerwise")
     assert [int(m.sum()) for m in per_layer] == [10, 1]
     with pytest.raises(ConfigError, match="min_weights_per_layer=6 reserves 12"):
-        allocate(scores, 0.1, "global", min_per_layer=6)
+        allocate(scores, 0.9, "global", min_per_layer=6)
+
+
+def _synaptic_flow_kept(n_total: int, density: float, rounds: int, schedule: str) -> list[int]:
+    """ganguli-lab/Synaptic-Flow ``prune.py`` 16-20 (round ``epoch`` keeps density ``D ** ((epoch + 1) / epochs)``
+    or ``1.0 - (1.0 - D) * ((epoch + 1) / epochs)``) and ``Pruners/pruners.py`` 22 (``_global_mask`` removes the
+    ``int((1.0 - sparse) * N)`` lowest scores): the kept count of every round, without ties."""
+    out = []
+    for epoch in range(rounds):
+        sparse = density ** ((epoch + 1) / rounds) if schedule == "exponential" else \
+            1.0 - (1.0 - density) * ((epoch + 1) / rounds)
+        out.append(n_total - int((1.0 - sparse) * n_total))
+    return out
+
+
+def _round_counts(monkeypatch, cfg) -> tuple[list[int], int]:
+    """The kept count of every score -> mask round of ``cfg`` on :func:`chain` (4,000 weights), and the final one."""
+    from ticketlab.pruners import score_based
+
+    counts = []
+
+    def spy(*args, **kwargs):
+        masks = allocate(*args, **kwargs)
+        counts.append(sum(int(m.sum()) for m in masks))
+        return masks
+
+    monkeypatch.setattr(score_based, "allocate", spy)
+    return counts, prune(cfg, chain(1.0)).kept
+
+
+@pytest.mark.parametrize("sparsity, rounds, schedule", [(0.95, 3, "linear"), (0.99, 3, "linear"), (0.995, 10, "linear"),
+                                                        (0.99, 2, "exponential"), (0.99, 2, "linear")])
+def test_iterative_rounds_end_on_the_target_and_meet_synaptic_flow_at_round_densities(monkeypatch, sparsity, rounds,
+                                                                                      schedule):
+    """The last round keeps exactly ``num_kept(N, pruner.sparsity)`` (before: 201 of 4,000 at 0.95 over 3 linear
+    rounds, 41 at 0.99, 21 at 0.995 over 10, one more than the target); a round whose Synaptic-Flow density
+    prints as a round number (0.1 at 0.99 over 2 exponential rounds: 400, where the old target 0.010000000000000009
+    kept 401) has that density, counted exactly (0.67 of 4,000: 2,680, where Synaptic-Flow's float count keeps
+    2,681); ``kept_count=float`` keeps Synaptic-Flow's count in every round."""
+    density = round(1 - sparsity, 6)
+    counts, final = _round_counts(monkeypatch, RandomConfig(sparsity=sparsity, iterations=rounds, schedule=schedule))
+    assert counts[-1] == final == num_kept(4000, sparsity)
+    reference = _synaptic_flow_kept(4000, density, rounds, schedule)
+    for k, ours in enumerate(counts, start=1):
+        d = density ** (k / rounds) if schedule == "exponential" else 1.0 - (1.0 - density) * (k / rounds)
+        if len(repr(d)) <= 6:  # a round number in Synaptic-Flow's own floats: the same density, counted exactly
+            assert ours == 4000 - math.floor((1 - Fraction(repr(d))) * 4000), (k, d)
+    counts, final = _round_counts(monkeypatch, RandomConfig(sparsity=sparsity, iterations=rounds, schedule=schedule,
+                                                            kept_count="float"))
+    assert counts == reference[:-1] + [4000 - int((1.0 - density) * 4000)]
+    if schedule == "exponential" and rounds == 2:
+        assert counts[0] == 400  # density 0.01 ** 0.5 = 0.1 of 4,000
+
+
+def test_a_selection_that_breaks_a_tie_among_zero_scores_says_so(caplog):
+    """Layer collapse leaves many scores exactly 0 at the threshold; Synaptic-Flow removes every score <= the
+    threshold, TicketLab keeps the exact count by lowest index and warns, naming how many tied and were kept."""
+    net = chain(1.0)
+    with torch.no_grad():
+        net[0].weight[:, :4] = 0.0  # 200 zero magnitudes
+    pruner = build_pruner(MagnitudeConfig(sparsity=0.025))  # keeps 3,900 of 4,000: 100 of the 200 zeros
+    bundle = DataBundle("x", [], [], (20,), 10, 1, 1)
+    with caplog.at_level("WARNING", logger="ticketlab.pruners.score_based"):
+        pruner.prepare(net, PruneContext(0, InitConfig(name="kaiming_normal"), CPU, bundle, 1))
+    assert pruner.summary()["zero_score_ties"] == [{"round": 1, "tied_at_zero": 200, "kept": 100}]
+    assert "200 weights score exactly 0 at the threshold and 100 of them are kept" in caplog.text
+    clean = build_pruner(MagnitudeConfig(sparsity=0.5))
+    clean.prepare(chain(1.0), PruneContext(0, InitConfig(name="kaiming_normal"), CPU, bundle, 1))
+    assert "zero_score_ties" not in clean.summary()
 
 
 def test_random_layerwise_density_and_seed():

@@ -46,6 +46,7 @@ from ticketlab.errors import ConfigError, check_range
 from ticketlab.pruners.phases import Phase, TrainState
 from ticketlab.registry import Registry
 from ticketlab.signals import NoStop, StopRequest
+from ticketlab.sparsity.selection import density_of
 
 
 @dataclass
@@ -65,8 +66,10 @@ class PrunerConfig:
 
     @property
     def density(self) -> float:
-        """Fraction of prunable weights kept, ``1 - sparsity`` (what papers that speak of k mean)."""
-        return 1.0 - self.sparsity
+        """Fraction of prunable weights kept, ``1 - sparsity`` on the decimal the sparsity prints as
+        (:func:`~ticketlab.sparsity.selection.density_of`: 0.2 at sparsity 0.8, not 0.19999999999999996);
+        what papers that speak of k mean."""
+        return density_of(self.sparsity)
 
 
 class StageFiles(Protocol):

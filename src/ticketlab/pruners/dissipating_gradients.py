@@ -31,6 +31,7 @@ from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig, register_
 from ticketlab.pruners.phases import TrainState
 from ticketlab.pruners.score_based import allocate
 from ticketlab.sparsity.masks import FixedMask, attach_dense
+from ticketlab.sparsity.selection import sparsity_of
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Dissipating(Pruner):
             move = rel if self.cfg.movement == "relative" else (w - w0).abs()
             scores.append(torch.where(fm.mask.bool(), move, torch.full_like(move, -1.0)))  # removed stay removed
             relative.append(rel)
-        new = allocate(scores, density, self.cfg.scope)
+        new = allocate(scores, sparsity_of(density), self.cfg.scope)
         if self.cfg.rule == "threshold":  # only weights within alpha of their init may go
             new = [n | (fm.mask.bool() & (r > self.cfg.alpha)) for n, fm, r in zip(new, self.masks, relative,
                                                                                     strict=True)]

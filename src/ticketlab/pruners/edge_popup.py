@@ -49,7 +49,7 @@ from ticketlab.sparsity.masks import (
     select_layers,
     underlying,
 )
-from ticketlab.sparsity.selection import num_kept_percentile
+from ticketlab.sparsity.selection import KEPT_COUNTS
 
 
 @dataclass
@@ -73,9 +73,10 @@ class EdgePopupConfig(PrunerConfig):
         anneal_start_density: density the annealing starts from (default 0.6, as the reference).
         scaling: scaled edge-popup (fit an output scale after every epoch).
         kept_count: ``floor`` keeps ``n - floor(p n)`` weights per layer (allenai/hidden-networks);
-            ``percentile`` keeps ``n - round(p (n - 1))``, the percentile threshold of IteRand's reference
-            code base (dchiji-ntt/iterand, for its edge-popup and IteRand alike;
-            :func:`ticketlab.sparsity.masks.num_kept_percentile`). Layerwise scope without annealing only.
+            ``percentile`` keeps ``n - round(p (n - 1))`` as IteRand's reference code base computes it
+            (dchiji-ntt/iterand, for its edge-popup and IteRand alike;
+            :func:`ticketlab.sparsity.selection.num_kept_percentile`). Layerwise scope only; with
+            ``prune_bias`` the rule counts the layer's weights and bias together.
     """
 
     name: str = "edge_popup"
@@ -100,9 +101,9 @@ class EdgePopupConfig(PrunerConfig):
         check_choice("pruner.score_init", self.score_init, tuple(SCORE_INITS.names()))
         check_range("pruner.anneal_levels", self.anneal_levels, 0, float("inf"))
         check_choice("pruner.kept_count", self.kept_count, ("floor", "percentile"))
-        if self.kept_count == "percentile" and (self.scope != "layerwise" or self.anneal_levels):
+        if self.kept_count == "percentile" and self.scope != "layerwise":
             raise ConfigError("pruner.kept_count=percentile is a per-layer rule; it needs pruner.scope=layerwise "
-                              f"(got {self.scope}) and pruner.anneal_levels=0 (got {self.anneal_levels}).")
+                              f"(got {self.scope}).")
         if self.anneal_levels:
             check_range("pruner.anneal_start_density", self.anneal_start_density, self.density, 1.0,
                         lo_open=True)
@@ -147,10 +148,7 @@ class EdgePopup(Pruner):
             self.level_ends = [round((j + 1) * ctx.epochs / n) for j in range(n)]
             sparsity = self.level_sparsity(0)
         self.masks = attach_score_masks(model, layers, sparsity, self.cfg.scope, self.cfg.rank,
-                                        self.cfg.prune_bias, self.mask_class)
-        if self.cfg.kept_count == "percentile":
-            for m in self.masks:
-                m.k = num_kept_percentile(m.scores.numel(), sparsity)
+                                        self.cfg.prune_bias, self.mask_class, KEPT_COUNTS[self.cfg.kept_count])
         named = []
         for _, layer in layers:
             fan_in = fans(tuple(underlying(layer, "weight").shape))[0]

@@ -6,8 +6,9 @@ re-sampling of the pruned weights: before every ``period``-th optimizer step, ea
 the current subnetwork (by the live scores) is redrawn from the initialization distribution with
 probability ``rate``. Kept weights and scores never change.
 
-* candidates: weights below the ``sparsity * candidate_rate`` quantile of their layer's ranking
-  key (``candidate_rate = 1``: exactly the pruned weights);
+* candidates: the weights a mask at sparsity ``sparsity * candidate_rate`` would remove from their layer,
+  counted by the masks' ``kept_count`` rule (the reference's ``GetSubnet(score, sparsity * rate)``,
+  ``sparse_modules.py``; ``candidate_rate = 1``: exactly the pruned weights);
 * ``mode=bernoulli`` (the paper): ``W <- W`` or a fresh draw ``W'`` with probability ``rate``;
 * ``mode=mix`` (the reference's ``manual`` mode): ``W <- mix_lambda * W + mix_mu * W'``. The reference
   gives no default; TicketLab's (0.9, 0.436) keep the variance, ``0.9^2 + 0.436^2 = 1``.
@@ -19,7 +20,6 @@ the pruner (seed ``(score seed, "iterand")``), whose state is checkpointed.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from ticketlab.pruners.base import PruneContext, register_pruner
 from ticketlab.pruners.edge_popup import EdgePopup, EdgePopupConfig
 from ticketlab.pruners.phases import TrainState
 from ticketlab.sparsity.masks import masked_tensors
-from ticketlab.sparsity.selection import topk_mask
+from ticketlab.sparsity.selection import KEPT_COUNTS, topk_mask
 
 
 @dataclass
@@ -80,6 +80,7 @@ class IteRand(EdgePopup):
         self.stds = {mt.name: weight_std(tuple(mt.original.shape), ctx.init, self.cfg.density)
                      for mt in masked_tensors(model) if mt.tensor_name == "weight"}
         self.gen = layer_generator(ctx.score_seed, -1, "iterand")
+        self.count = KEPT_COUNTS[self.cfg.kept_count]  # the candidates' count follows the masks' rule
         self.rerandomizations = 0
 
     def check(self, model: nn.Module, ctx: PruneContext) -> list[str]:
@@ -106,11 +107,10 @@ class IteRand(EdgePopup):
                 continue
             w = mt.original
             n = w.numel()
-            n_cand = math.floor(self.cfg.sparsity * self.cfg.candidate_rate * n * (1 + 1e-9) + 1e-9)
             if self.cfg.candidate_rate == 1.0:
                 candidates = mt.mask.current_mask() == 0
             else:
-                candidates = ~topk_mask(mt.mask.key(), n - n_cand)
+                candidates = ~topk_mask(mt.mask.key(), self.count(n, self.cfg.sparsity * self.cfg.candidate_rate))
             fresh = self.sample(tuple(w.shape), self.stds[mt.name], self.gen).to(w.device, w.dtype)
             if self.cfg.mode == "bernoulli":
                 redraw = (torch.rand(tuple(w.shape), generator=self.gen) < self.cfg.rate).to(w.device)

@@ -35,6 +35,7 @@ from ticketlab.pruners.base import PruneContext, register_pruner
 from ticketlab.pruners.dissipating_gradients import Dissipating, DissipatingConfig
 from ticketlab.pruners.phases import Phase, TrainState
 from ticketlab.pruners.score_based import allocate
+from ticketlab.sparsity.selection import sparsity_of
 
 
 @dataclass
@@ -107,8 +108,8 @@ class KStarts(Dissipating):
         scores = [torch.rand(tuple(layer.weight.shape), generator=layer_generator(self.seed, i, f"kstart{j}"))
                   for i, (_, layer) in enumerate(self.layers)]
         scope = "layerwise" if self.cfg.mask_sampler == "layerwise_uniform" else "global"
-        return [m.to(w.device) for m, w in zip(allocate(scores, self.candidate_density(), scope), self.weights,
-                                                strict=True)]
+        masks = allocate(scores, sparsity_of(self.candidate_density()), scope)
+        return [m.to(w.device) for m, w in zip(masks, self.weights, strict=True)]
 
     def restore_order(self) -> None:
         """Put the data generator back where every candidate (and the main training) starts."""

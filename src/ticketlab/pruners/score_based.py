@@ -6,10 +6,15 @@ score tensor per prunable weight (same shape; higher = more important). The shar
 * attaches a :class:`~ticketlab.sparsity.masks.FixedMask` (all ones) to every selected layer, so scores
   are computed on the masked network and the kept weights are then trained by the normal loop;
 * runs ``iterations`` rounds of score -> mask, the kept fraction shrinking to the target with the
-  ``exponential`` schedule ``d_k = D^(k/n)`` (SynFlow) or the ``linear`` one ``1 - (1 - D) k / n``
-  (Tanaka et al. 2020, Algorithm 1; ganguli-lab/Synaptic-Flow ``prune.py::prune_loop``);
+  ``exponential`` schedule ``d_k = D^(k/n)`` (SynFlow) or the ``linear`` one ``1 - (1 - D) (k/n)``
+  (Tanaka et al. 2020, Algorithm 1; ganguli-lab/Synaptic-Flow ``prune.py::prune_loop``), evaluated as
+  that code evaluates them, so that a round density that is a round number there is one here; the
+  last round keeps exactly the run's own target, ``num_kept(N, pruner.sparsity)`` (:func:`round_sparsity`);
 * allocates the kept count globally (one exact top-k over all layers) or per layer, with an
   optional guard ``min_weights_per_layer`` that first reserves each layer's best-scored weights;
+  ``kept_count=float`` counts as Synaptic-Flow does (``int((1 - d) N)`` removed, in floats), the
+  default ``floor`` with the exact decimal rule (:mod:`ticketlab.sparsity.selection`); a selection
+  that keeps some but not all zero-scored weights is logged and listed in the summary;
 * sets BatchNorm to ``eval`` (Synaptic-Flow's default) or ``train`` mode while scoring;
 * gives data-dependent methods ``data_batches`` training batches, restoring the data generator
   afterwards so the training order is the same as without pruning.
@@ -18,10 +23,12 @@ score tensor per prunable weight (same shape; higher = more important). The shar
 alternative: density ``10^-compression`` (``compression=2`` is 1% density); when set it wins.
 """
 
+
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +38,17 @@ from torch import Tensor, nn
 from ticketlab.errors import ConfigError, NonFiniteError, check_choice, check_range
 from ticketlab.pruners.base import PruneContext, Pruner, PrunerConfig, require_layer_biases
 from ticketlab.sparsity.masks import FixedMask, attach_dense, select_layers
-from ticketlab.sparsity.selection import global_topk, num_kept, topk_mask
+from ticketlab.sparsity.selection import (
+    KEPT_COUNTS,
+    density_of,
+    global_topk,
+    num_kept,
+    sparsity_of,
+    topk_mask,
+    zero_ties,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,6 +67,8 @@ class ScorePrunerConfig(PrunerConfig):
         first_layer_dense, last_layer_dense: leave the input / output layer unpruned.
         prune_bias: also score and mask layer biases (ranked with the weights); off by default,
             as in Synaptic-Flow (``--prune-bias``). Batch norm is never pruned.
+        kept_count: ``floor`` (``n - floor(p n)`` on the decimal ``p``, the convention) or ``float``
+            (Synaptic-Flow's ``int((1 - d) n)`` removed, computed in floats, ``Pruners/pruners.py``).
     """
 
     name: str = "random"
@@ -64,13 +83,15 @@ class ScorePrunerConfig(PrunerConfig):
     first_layer_dense: bool = False
     last_layer_dense: bool = False
     prune_bias: bool = False
+    kept_count: str = "floor"
 
     def __post_init__(self) -> None:
         if self.compression is not None:
             # 10^-15 is the smallest density whose sparsity 1 - 10^-x is still below 1 in float64.
             check_range("pruner.compression", self.compression, 0.0, 15.0)
-            self.sparsity = 1.0 - 10.0 ** (-self.compression)
+            self.sparsity = sparsity_of(10.0 ** (-self.compression))
         super().__post_init__()
+        check_choice("pruner.kept_count", self.kept_count, ("floor", "float"))
         check_choice("pruner.scope", self.scope, ("global", "layerwise"))
         check_range("pruner.iterations", self.iterations, 1, float("inf"))
         check_choice("pruner.schedule", self.schedule, ("exponential", "linear"))
@@ -78,23 +99,41 @@ class ScorePrunerConfig(PrunerConfig):
         check_choice("pruner.bn_mode", self.bn_mode, ("eval", "train"))
         check_range("pruner.data_batches", self.data_batches, 0, float("inf"))
 
+    @property
+    def density(self) -> float:
+        """``10^-compression`` when set (Synaptic-Flow's density), else ``1 - sparsity`` on its decimal."""
+        return 10.0 ** (-self.compression) if self.compression is not None else density_of(self.sparsity)
 
-def kept_in_total(n: int, density: float) -> int:
-    """Entries kept of ``n`` at ``density`` (clamped to (0, 1]): ``num_kept(n, 1 - density)``, at least one."""
-    return num_kept(n, min(max(1.0 - density, 0.0), 1.0 - 1e-12))
+
+def round_sparsity(k: int, n: int, cfg: ScorePrunerConfig) -> float:
+    """The sparsity round ``k`` of ``n`` (1-based) prunes to, for ``cfg.kept_count``'s counting rule.
+
+    The round's density is Synaptic-Flow's (``prune.py::prune_loop``: ``D ** (k / n)`` or
+    ``1.0 - (1.0 - D) * (k / n)``, with ``D`` = ``cfg.density``), in floats as there. ``floor`` reads it
+    as the decimal it prints as (so a density of 0.505 removes exactly 49.5 %), ``float`` as
+    Synaptic-Flow does, ``1.0 - d``. The last round is the run's own target: ``cfg.sparsity`` (``floor``)
+    or ``1.0 - D`` (``float``).
+    """
+    if k == n:
+        return cfg.sparsity if cfg.kept_count == "floor" else 1.0 - cfg.density
+    target = cfg.density
+    d = target ** (k / n) if cfg.schedule == "exponential" else 1.0 - (1.0 - target) * (k / n)
+    return min(sparsity_of(d) if cfg.kept_count == "floor" else 1.0 - d, 1.0 - 1e-12)
 
 
-def allocate(scores: list[Tensor], density: float, scope: str, min_per_layer: int = 0) -> list[Tensor]:
+def allocate(scores: list[Tensor], sparsity: float, scope: str, min_per_layer: int = 0,
+             count: Callable[[int, float], int] = num_kept) -> list[Tensor]:
     """Masks keeping the best-scored weights: exact counts, ties broken by lowest index.
 
     Args:
         scores: one score tensor per layer (any shapes).
-        density: fraction kept overall (global) or in every layer (layerwise), in (0, 1].
+        sparsity: fraction removed overall (global) or in every layer (layerwise), in [0, 1).
         scope: ``global`` or ``layerwise``.
         min_per_layer: guard; each layer keeps at least ``min(min_per_layer, numel)`` weights.
+        count: the kept-count rule ``count(n, sparsity)`` (:data:`~ticketlab.sparsity.selection.KEPT_COUNTS`).
 
     Returns:
-        Bool masks, shapes of ``scores``. Global: ``num_kept(N, 1 - density)`` kept in total.
+        Bool masks, shapes of ``scores``. Global: ``count(N, sparsity)`` kept in total.
 
     Raises:
         ConfigError: the guard needs more weights than the target keeps.
@@ -103,8 +142,8 @@ def allocate(scores: list[Tensor], density: float, scope: str, min_per_layer: in
     if any(bool(torch.isnan(s).any()) for s in scores):
         raise NonFiniteError("scores", "pruning scores hold NaN, which has no rank")
     if scope == "layerwise":
-        return [topk_mask(s, max(kept_in_total(s.numel(), density), min(min_per_layer, s.numel()))) for s in scores]
-    total = kept_in_total(sum(s.numel() for s in scores), density)
+        return [topk_mask(s, max(count(s.numel(), sparsity), min(min_per_layer, s.numel()))) for s in scores]
+    total = count(sum(s.numel() for s in scores), sparsity)
     keys = [s.detach().float() for s in scores]
     if min_per_layer > 0:
         reserved = [topk_mask(s, min(min_per_layer, s.numel())) for s in scores]
@@ -159,6 +198,7 @@ class ScorePruner(Pruner):
         self.masks: list[FixedMask] = []
         self.layers: list[tuple[str, nn.Module]] = []
         self.weights: list[Tensor] = []
+        self.zero_ties: list[dict[str, int]] = []  # rounds that kept some, not all, zero-scored weights
 
     def densities(self, model: nn.Module) -> dict[str, float]:
         """Layerwise scope: ``1 - sparsity`` per masked layer; global: unknown before scoring (none)."""
@@ -206,7 +246,7 @@ class ScorePruner(Pruner):
         warnings = []
         sizes = [w.numel() for w in self.weights]
         total = sum(sizes)
-        target = num_kept(total, self.cfg.sparsity)
+        target = KEPT_COUNTS[self.cfg.kept_count](total, round_sparsity(1, 1, self.cfg))
         if self.cfg.min_weights_per_layer and self.cfg.scope == "global":
             reserved = sum(min(self.cfg.min_weights_per_layer, n) for n in sizes)
             if reserved > target:
@@ -261,8 +301,8 @@ class ScorePruner(Pruner):
 
     def initialize(self, model: nn.Module, ctx: PruneContext) -> None:
         """Run the score -> mask rounds (checking for a stop request between rounds)."""
-        target = self.cfg.density
         n = self.cfg.iterations
+        count = KEPT_COUNTS[self.cfg.kept_count]
         was_training = model.training
         track = self.zero_outside_mask and self.cfg.scope == "global" and not self.cfg.min_weights_per_layer
         kept: list[Tensor] | None = None  # with `track`: flat indices of the kept entries of each tensor
@@ -270,18 +310,19 @@ class ScorePruner(Pruner):
         self.begin_scoring(model, ctx)
         try:
             for k in range(1, n + 1):
-                density = target ** (k / n) if self.cfg.schedule == "exponential" else 1 - (1 - target) * k / n
+                sparsity = round_sparsity(k, n, self.cfg)
                 self._set_bn_mode(model)
                 shrunk = None
                 if kept is not None:  # only entries kept so far can stay: select among them
-                    shrunk = self.kept_round(model, ctx, kept, kept_in_total(total_n, density))
+                    shrunk = self.kept_round(model, ctx, kept, count(total_n, sparsity))
                 if shrunk is None:  # the first round, or (rarely) zero scores among the kept: score everything
                     scores = self.score(model, self.weights, ctx)
                 with torch.no_grad():
                     if shrunk is not None:
                         kept = shrunk
                     else:
-                        new = allocate(scores, density, self.cfg.scope, self.cfg.min_weights_per_layer)
+                        new = allocate(scores, sparsity, self.cfg.scope, self.cfg.min_weights_per_layer, count)
+                        self._note_ties(k, n, scores, new)
                         for fm, m in zip(self.masks, new, strict=True):
                             fm.mask.copy_(m)
                         if track:
@@ -295,9 +336,29 @@ class ScorePruner(Pruner):
             self.end_scoring(model)
             model.train(was_training)
 
+    def _note_ties(self, k: int, n: int, scores: list[Tensor], masks: list[Tensor]) -> None:
+        """Log and remember a round that kept some but not all zero-scored weights (by lowest index)."""
+        tied, kept = zero_ties(scores, masks)
+        if tied:
+            log.warning("pruner=%s round %d of %d: %d weights score exactly 0 at the threshold and %d of them are "
+                        "kept, by lowest index (an arbitrary choice among equals; Synaptic-Flow removes every "
+                        "score <= the threshold and would keep fewer)", self.cfg.name, k, n, tied, kept)
+            self.zero_ties.append({"round": k, "tied_at_zero": tied, "kept": kept})
+
     def _set_bn_mode(self, model: nn.Module) -> None:
         model.train(self.cfg.bn_mode == "train")
 
+    def state_dict(self) -> dict[str, Any]:
+        """The rounds that broke a tie among zero scores (the masks are in the model)."""
+        return {"zero_ties": list(self.zero_ties)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.zero_ties = list(state.get("zero_ties", []))
+
     def summary(self) -> dict[str, Any]:
-        """Scoring settings worth keeping next to the result."""
-        return {"prune_iterations": self.cfg.iterations, "prune_scope": self.cfg.scope}
+        """Scoring settings worth keeping next to the result (and the zero-score ties, if any)."""
+        out: dict[str, Any] = {"prune_iterations": self.cfg.iterations, "prune_scope": self.cfg.scope}
+        if self.zero_ties:
+            out["zero_score_ties"] = self.zero_ties
+        return out

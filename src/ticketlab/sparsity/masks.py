@@ -26,7 +26,7 @@ path below takes the steps it declines (first selection, band misses, NaN, other
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -107,17 +107,20 @@ class ScoreMask(MaskBase):
         shape: shape of the masked tensor (the scores have the same shape).
         sparsity: fraction removed in [0, 1) (ignored inside a global group).
         rank: ``"abs"`` (rank by ``|S|``) or ``"raw"`` (rank by ``S``).
+        count: the kept-count rule ``count(n, sparsity) -> k`` (:data:`~ticketlab.sparsity.selection.KEPT_COUNTS`).
 
     Raises:
         ConfigError: for a sparsity outside [0, 1) or an unknown ``rank``.
     """
 
-    def __init__(self, shape: torch.Size | tuple[int, ...], sparsity: float, rank: str = "abs") -> None:
+    def __init__(self, shape: torch.Size | tuple[int, ...], sparsity: float, rank: str = "abs",
+                 count: Callable[[int, float], int] = num_kept) -> None:
         super().__init__()
         self.scores = nn.Parameter(torch.zeros(shape))
         self.register_buffer("mask", torch.ones(shape))
         self.sparsity = float(sparsity)
-        self.k = num_kept(self.scores.numel(), sparsity)
+        self.count = count
+        self.k = count(self.scores.numel(), sparsity)
         self.group: JointTopK | None = None
         self._seen: tuple[int, int] | None = None  # (data_ptr, version) of the scores behind `mask`
         self.select = BandSelector()
@@ -149,7 +152,7 @@ class ScoreMask(MaskBase):
             ConfigError: sparsity outside [0, 1).
         """
         self.sparsity = float(sparsity)
-        self.k = num_kept(self.scores.numel(), sparsity)
+        self.k = self.count(self.scores.numel(), sparsity)
         self._seen = None
         if self._fused is not None:
             self._fused.forget()
@@ -202,7 +205,7 @@ class JointTopK:
 
     Used for the global scope (all prunable tensors ranked together) and for joint weight+bias
     ranking within a layer (Fischer & Burkholz 2021: biases compete with the weights for the
-    layer's budget). Keeps ``num_kept(N, sparsity)`` of the ``N`` entries of all members; the
+    layer's budget). Keeps ``count(N, sparsity)`` of the ``N`` entries of all members; the
     masks are recomputed once per change of any member's scores.
     Source: chrundle/biprop ``GetGlobalSubnet``; Synaptic-Flow ``_global_mask``;
     RelationalML/NonZeroBiases ``resnet_new.py`` (joint weight/bias scores).
@@ -210,10 +213,13 @@ class JointTopK:
     Args:
         members: the score masks to rank together (at least one).
         sparsity: fraction removed over all members, in [0, 1).
+        count: the kept-count rule (default :func:`~ticketlab.sparsity.selection.num_kept`), applied to ``N``.
     """
 
-    def __init__(self, members: list[ScoreMask], sparsity: float) -> None:
+    def __init__(self, members: list[ScoreMask], sparsity: float,
+                 count: Callable[[int, float], int] = num_kept) -> None:
         self.members = members
+        self.count = count
         self._seen: list[tuple[int, int]] | None = None
         self.select = BandSelector()
         self.set_sparsity(sparsity)
@@ -223,7 +229,7 @@ class JointTopK:
     def set_sparsity(self, sparsity: float) -> None:
         """Change the joint sparsity (density annealing)."""
         self.sparsity = float(sparsity)
-        self.k = num_kept(sum(m.scores.numel() for m in self.members), sparsity)
+        self.k = self.count(sum(m.scores.numel() for m in self.members), sparsity)
         self._seen = None
         self.select.reset()
 
@@ -325,7 +331,8 @@ def attach(module: nn.Module, tensor_name: str, mask: MaskBase) -> None:
 
 def attach_score_masks(model: nn.Module, layers: list[tuple[str, nn.Module]], sparsity: float,
                        scope: str = "layerwise", rank: str = "abs", include_bias: bool = False,
-                       mask_class: type[ScoreMask] = ScoreMask) -> list[ScoreMask]:
+                       mask_class: type[ScoreMask] = ScoreMask,
+                       count: Callable[[int, float], int] = num_kept) -> list[ScoreMask]:
     """Attach a :class:`ScoreMask` (or subclass) to the weight, and optionally the bias, of each layer.
 
     The scores start at zero; initialize them with :func:`ticketlab.init.weights.init_scores`.
@@ -340,6 +347,7 @@ def attach_score_masks(model: nn.Module, layers: list[tuple[str, nn.Module]], sp
             top-k per layer over weights and bias, Fischer & Burkholz 2021), or with everything in
             global scope.
         mask_class: :class:`ScoreMask` (edge-popup) or :class:`BipropMask`.
+        count: the kept-count rule of every top-k, a joint group's included.
 
     Returns:
         The score masks in layer order (weights first within a layer, then the bias).
@@ -355,17 +363,17 @@ def attach_score_masks(model: nn.Module, layers: list[tuple[str, nn.Module]], sp
         in_layer = []
         for tname in names:
             tensor = getattr(layer, tname)
-            sm = mask_class(tensor.shape, sparsity, rank).to(tensor.device)
+            sm = mask_class(tensor.shape, sparsity, rank, count).to(tensor.device)
             if not tensor.is_contiguous() and tensor.dim() == 4 and tensor.is_contiguous(
                     memory_format=torch.channels_last):
                 sm.to(memory_format=torch.channels_last)  # scores and mask in the weight's layout (the fused step)
             attach(layer, tname, sm)
             in_layer.append(sm)
         if scope == "layerwise" and len(in_layer) > 1:
-            JointTopK(in_layer, sparsity)
+            JointTopK(in_layer, sparsity, count)
         created.extend(in_layer)
     if scope == "global":
-        JointTopK(created, sparsity)
+        JointTopK(created, sparsity, count)
     return created
 
 

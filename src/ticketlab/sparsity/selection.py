@@ -4,7 +4,13 @@ Kept-count convention (pinned by the tests): a tensor of ``n`` entries at sparsi
 ``n - floor(p * n)`` entries (:func:`num_kept`) -- the convention of allenai/hidden-networks
 (``utils/conv_type.py``), which zeroes the ``floor((1 - k) n)`` lowest scores. A global top-k
 applies the same formula to the total count of all tensors (:func:`global_topk`). Ties are broken
-deterministically (lower flat index wins), so the kept count is always exact.
+deterministically (lower flat index wins), so the kept count is always exact. Two reference rules are
+offered beside it (:data:`KEPT_COUNTS`): IteRand's percentile threshold and Synaptic-Flow's float count.
+
+Ties among zero scores: when layers collapse (iterative SNIP, SynFlow), many scores can be exactly 0 at
+the threshold. Synaptic-Flow removes every score ``<= threshold`` and so keeps fewer than its count;
+the exact count keeps the lowest-index zero-scored entries, an arbitrary choice among equals, so the
+pruning-at-initialization methods warn when it happens and say how many (:func:`zero_ties`).
 
 Selection never sorts: :func:`topk_mask` finds the k-th largest value by selection
 (:func:`kth_largest`: ``kthvalue``, after a radix pass on the CPU). :class:`BandSelector` makes a
@@ -51,18 +57,76 @@ def num_kept(n: int, sparsity: float) -> int:
 
 
 def num_kept_percentile(n: int, sparsity: float) -> int:
-    """Kept count of a percentile threshold: ``n - round(sparsity * (n - 1))`` (Python's round, half to even).
+    """Kept count of IteRand's percentile threshold: ``n - round(0.01 * float(100 p) * (n - 1))`` in floats.
 
-    IteRand's reference (dchiji-ntt/iterand ``models/networks/sparse_modules.py``, ``percentile``) keeps the
-    scores at or above the ``1 + round(p (n - 1))``-th smallest; without ties that is this many. It differs
-    from :func:`num_kept` by one in about a third of the ``(n, p)`` pairs.
+    dchiji-ntt/iterand (``models/networks/sparse_modules.py``: ``GetSubnet`` calls ``percentile(scores,
+    sparsity * 100)``, which takes the ``1 + round(.01 * float(q) * (n - 1))``-th smallest score as the
+    threshold and keeps the scores at or above it); without ties that keeps this many. The product is
+    evaluated as the reference evaluates it, in float64 with Python's ``round``: ``0.01 * 70.0`` is
+    ``0.7000000000000001``, so a product that would be an exact half rounds up there. It differs from
+    :func:`num_kept` by one in about a third of the ``(n, p)`` pairs.
 
     Raises:
         ConfigError: ``sparsity`` outside [0, 1).
     """
     if not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"sparsity={sparsity!r} must be in [0, 1) (fraction of weights removed).")
-    return n - round(sparsity * (n - 1))
+    return n - round(0.01 * float(sparsity * 100) * (n - 1))
+
+
+def num_kept_float(n: int, sparsity: float) -> int:
+    """Kept count of Synaptic-Flow's masks: ``n - int(sparsity * n)`` in float64.
+
+    ganguli-lab/Synaptic-Flow ``Pruners/pruners.py`` (``_global_mask``, ``_local_mask``) removes the
+    ``int((1.0 - density) * n)`` lowest scores, the product taken in floats (``pruner.kept_count=float``
+    of the pruning-at-initialization methods; pass ``1.0 - density`` as that code does). It can keep one
+    more than :func:`num_kept` where the product lands just below an integer.
+
+    Raises:
+        ConfigError: ``sparsity`` outside [0, 1).
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"sparsity={sparsity!r} must be in [0, 1) (fraction of weights removed).")
+    return n - min(int(sparsity * n), n)
+
+
+#: The kept-count rules by their config name (``pruner.kept_count``): ``floor`` (the convention),
+#: ``percentile`` (IteRand's reference), ``float`` (Synaptic-Flow's reference).
+KEPT_COUNTS = {"floor": num_kept, "percentile": num_kept_percentile, "float": num_kept_float}
+
+
+def density_of(sparsity: float) -> float:
+    """Density ``1 - sparsity`` computed on the decimal ``sparsity`` prints as, then rounded once.
+
+    ``density_of(0.8) == 0.2`` where ``1 - 0.8 == 0.19999999999999996``; ``density_of(0.99) == 0.01``.
+    The one derivation of a density from a configured sparsity (the summary's ``target_density``, the
+    density-scaled initializations, the schedules of iterative pruning).
+    """
+    return float(1 - Fraction(repr(float(sparsity))))
+
+
+def sparsity_of(density: float) -> float:
+    """Sparsity ``1 - density`` on the decimal ``density`` prints as (the inverse of :func:`density_of`)."""
+    return float(1 - Fraction(repr(float(density))))
+
+
+def zero_ties(scores: list[Tensor], masks: list[Tensor]) -> tuple[int, int]:
+    """Whether a selection broke a tie among zero scores: ``(tied, kept)``.
+
+    Args:
+        scores: the scores the selection ranked, any shapes.
+        masks: the selection's bool masks, shapes of ``scores``.
+
+    Returns:
+        ``(entries scored exactly 0, how many of them were kept)`` when some but not all zero-scored
+        entries were kept (the lowest-index rule chose among equals); ``(0, 0)`` otherwise.
+    """
+    zeros = kept = 0
+    for s, m in zip(scores, masks, strict=True):
+        z = s.detach() == 0
+        zeros += int(torch.count_nonzero(z))
+        kept += int(torch.count_nonzero(z & m))
+    return (zeros, kept) if 0 < kept < zeros else (0, 0)
 
 
 def kth_largest(flat: Tensor, k: int, nonnegative: bool = False) -> Tensor:
@@ -332,4 +396,5 @@ class BandSelector:
         self.w = max(self.w, 2.0 * moved, abs(t) * 1e-6, 1e-30)
 
 
-__all__ = ["BandSelector", "global_topk", "kth_largest", "num_kept", "num_kept_percentile", "topk_mask"]
+__all__ = ["KEPT_COUNTS", "BandSelector", "density_of", "global_topk", "kth_largest", "num_kept", "num_kept_float",
+           "num_kept_percentile", "sparsity_of", "topk_mask", "zero_ties"]
