@@ -270,7 +270,8 @@ def test_iterative_rounds_end_on_the_target_and_meet_synaptic_flow_at_round_dens
 
 def test_a_selection_that_breaks_a_tie_among_zero_scores_says_so(caplog):
     """Layer collapse leaves many scores exactly 0 at the threshold; Synaptic-Flow removes every score <= the
-    threshold, TicketLab keeps the exact count by lowest index and warns, naming how many tied and were kept."""
+    threshold (``Pruners/pruners.py`` 22-29: ``torch.where(score <= threshold, zero, one)``), TicketLab keeps the
+    exact count by lowest index and warns, naming how many tied and were kept."""
     net = chain(1.0)
     with torch.no_grad():
         net[0].weight[:, :4] = 0.0  # 200 zero magnitudes
