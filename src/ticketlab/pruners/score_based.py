@@ -23,7 +23,6 @@ score tensor per prunable weight (same shape; higher = more important). The shar
 alternative: density ``10^-compression`` (``compression=2`` is 1% density); when set it wins.
 """
 
-
 from __future__ import annotations
 
 import logging

@@ -106,8 +106,9 @@ def density_of(sparsity: float) -> float:
 
 
 def sparsity_of(density: float) -> float:
-    """Sparsity ``1 - density`` on the decimal ``density`` prints as (the inverse of :func:`density_of`)."""
-    return float(1 - Fraction(repr(float(density))))
+    """Sparsity ``1 - density`` on the decimal ``density`` prints as (the inverse of :func:`density_of`, and
+    the same arithmetic: ``sparsity_of(0.05) == 0.95``)."""
+    return density_of(density)
 
 
 def zero_ties(scores: list[Tensor], masks: list[Tensor]) -> tuple[int, int]:
