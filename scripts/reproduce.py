@@ -4,6 +4,8 @@
     python scripts/reproduce.py edge_popup/conv_cifar10 --smoke               # the CPU smoke variant
     python scripts/reproduce.py lth/lenet300_mnist hydra/launcher=slurm      # any Hydra override
     python scripts/reproduce.py lth/lenet300_mnist --report-only             # tables and plots only
+    python scripts/reproduce.py claims/iterand                               # one paper's claims
+    python scripts/reproduce.py claims                                       # every claim, then summary.md
     python scripts/reproduce.py --list
 
 The experiment is ``conf/experiment/<paper>/<table>.yaml`` (``--smoke``: ``<table>_smoke.yaml``). Its sweep
@@ -13,7 +15,14 @@ that folder:
 
 * ``runs.csv``: every job as tidy rows (one per IMP level), failed and missing ones included;
 * ``table.md``: the paper's layout, ours (mean ± std, n) beside the paper's number (``<table>.csv``);
-* ``plots/*.png`` and ``*.pdf``.
+* ``plots/*.png`` and ``*.pdf``;
+* ``claims.json`` when the experiment tests claims (``report.claims``): each claim's paired effect, interval,
+  verdict and the config keys in which its arms differ. Before a claims sweep launches, its arms are checked
+  (composed, nothing runs): a config key that differs between the arms of a claim without the claim naming
+  it stops the command (exit 2).
+
+A folder of experiments (e.g. ``claims``) runs each of them in turn (``--smoke``: their smoke variants), then
+writes ``<paths.output_dir>/experiments/<folder>/summary.md`` (one row per claim).
 
 The exit status is the sweep's (0 only when every run completed); the table is written either way.
 """
@@ -21,10 +30,13 @@ The exit status is the sweep's (0 only when every run completed); the table is w
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -33,7 +45,17 @@ from ticketlab import resolvers
 from ticketlab.errors import ConfigError
 from ticketlab.files import atomic_write_bytes
 from ticketlab.runner.identity import compute, runs_root
-from ticketlab.sweeps.experiments import ReportSpec, collect, experiment_names, markdown_table, paper_numbers
+from ticketlab.sweeps.claims import summary_markdown
+from ticketlab.sweeps.comparisons import check_arms
+from ticketlab.sweeps.experiments import (
+    ReportSpec,
+    collect,
+    evaluate_claims,
+    experiment_names,
+    markdown_table,
+    not_completed,
+    paper_numbers,
+)
 from ticketlab.sweeps.plots import all_plots
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,10 +90,17 @@ def run_folder(name: str, overrides: list[str]) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def report(name: str, sweep_dir: Path, spec: ReportSpec) -> str:
-    """Write ``runs.csv``, ``table.md`` and the plots in ``sweep_dir``; return the table's Markdown."""
+def report(name: str, sweep_dir: Path, spec: ReportSpec, wall_s: float | None = None) -> str:
+    """Write ``runs.csv``, ``table.md``, the plots and (with claims) ``claims.json`` in ``sweep_dir``; return
+    the table's Markdown. ``wall_s``: this launch's wall time, recorded in ``claims.json``."""
     df = collect(sweep_dir, spec, locate=lambda overrides: run_folder(name, overrides))
     df.to_csv(sweep_dir / "runs.csv", index=False)
+    if spec.claims:
+        run_wall = float(pd.to_numeric(df.get("wall_s"), errors="coerce").sum()) if "wall_s" in df else 0.0
+        record = {"experiment": name, "paper": spec.paper or spec.source, "percent": spec.percent,
+                  "wall_s": wall_s, "run_wall_s": run_wall, "not_completed": len(not_completed(df)),
+                  "claims": [r.as_dict() for r in evaluate_claims(df, spec)]}
+        atomic_write_bytes(sweep_dir / "claims.json", json.dumps(record, indent=1, default=str).encode())
     paper = paper_numbers(name)
     text = markdown_table(df, spec, paper)
     plots = all_plots(df, spec, paper, sweep_dir / "plots")
@@ -93,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.list or not args.experiment:
         print("\n".join(n for n in names if not n.endswith("_smoke")))
         return 0 if args.list else 2
+    folder = args.experiment.removesuffix("/")
+    group = [n for n in names if n.startswith(folder + "/") and n.endswith("_smoke") == args.smoke]
+    if group and folder + ("_smoke" if args.smoke else "") not in names:
+        return run_group(folder, group, overrides, args.report_only)
     name = args.experiment.removesuffix(".yaml") + ("_smoke" if args.smoke else "")
     if name not in names:
         full = [n for n in names if not n.endswith("_smoke")]
@@ -104,8 +137,26 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, HydraException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return run_one(name, sweep_dir, spec, overrides, args.report_only)
+
+
+def run_one(name: str, sweep_dir: Path, spec: ReportSpec, overrides: list[str], report_only: bool) -> int:
+    """Check a claims experiment's arms, run its sweep (unless ``report_only``) and report it; the exit status."""
+    start = time.monotonic()
     code = 0
-    if not args.report_only:
+    if spec.claims and not report_only:
+        try:
+            bad = {k: v for k, v in check_arms(name, overrides).items() if v}
+        except (ConfigError, HydraException) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if bad:
+            for cid, keys in bad.items():
+                print(f"error: claim {cid!r} of {name}: its arms also differ in {', '.join(keys)}, which the claim "
+                      "does not name (report.claims[].differs); a comparison must change only what it is about",
+                      file=sys.stderr)
+            return 2
+    if not report_only:
         cmd = [sys.executable, str(ROOT / "train.py"), "-m", f"experiment={name}", f"hydra.sweep.dir={sweep_dir}",
                *overrides]
         print("+ " + " ".join(cmd), flush=True)
@@ -114,13 +165,39 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the sweep exited with {code}; no table written", file=sys.stderr)
             return code
     try:
-        text = report(name, sweep_dir, spec)
+        text = report(name, sweep_dir, spec, wall_s=None if report_only else time.monotonic() - start)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(text)
     print(f"table, runs.csv and plots in {sweep_dir}")
     return code
+
+
+def run_group(folder: str, names: list[str], overrides: list[str], report_only: bool) -> int:
+    """Run (or, with ``report_only``, tabulate) every experiment of ``folder`` in turn, then write
+    ``<output_dir>/experiments/<folder>/summary.md``; the worst exit status of its experiments."""
+    start = time.monotonic()
+    codes, records, out_dir = [], [], None
+    for name in names:
+        try:
+            sweep_dir, spec = sweep_dir_of(name, overrides)
+        except (ConfigError, HydraException) as e:
+            print(f"error: {name}: {e}", file=sys.stderr)
+            codes.append(2)
+            continue
+        out_dir = sweep_dir.parent
+        print(f"=== {name}", flush=True)
+        codes.append(run_one(name, sweep_dir, spec, overrides, report_only))
+        record = sweep_dir / "claims.json"
+        if record.exists():
+            records.append(json.loads(record.read_text()))
+    if out_dir is not None:
+        text = summary_markdown(records, None if report_only else time.monotonic() - start)
+        atomic_write_bytes(out_dir / "summary.md", text.encode())
+        print(text)
+        print(f"summary in {out_dir / 'summary.md'}")
+    return max(codes, default=0)
 
 
 if __name__ == "__main__":

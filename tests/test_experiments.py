@@ -146,7 +146,7 @@ def test_table_lists_runs_that_did_not_complete():
     text = markdown_table(df, spec, paper)
     assert "Runs not completed: 2" in text
     assert "job 2 seed=2: diverged — loss nan" in text and "job 3 seed=3: no record" in text
-    assert "85.00 ± 5.00 (n=2); paper 86.00; Δ -1.00" in text
+    assert "85.00 ± 7.07 (n=2); paper 86.00; Δ -1.00" in text  # sample std (ddof 1)
 
 
 def _run_reproduce(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
@@ -156,8 +156,9 @@ def _run_reproduce(args: list[str], tmp_path: Path) -> subprocess.CompletedProce
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n.removesuffix("_smoke") for n in SMOKE])
+@pytest.mark.parametrize("name", [n.removesuffix("_smoke") for n in SMOKE if not n.startswith("claims/")])
 def test_smoke_variant_end_to_end(name, tmp_path):
+    # claims/* smoke variants run together, as `make claims` runs them (tests/test_claims.py)
     """The whole pipeline: sweep, tidy CSV with one row per job (per IMP level), table, plots."""
     p = _run_reproduce([name, "--smoke"], tmp_path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

@@ -27,6 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ticketlab.errors import ConfigError
 from ticketlab.files import read_json
+from ticketlab.sweeps.claims import Claim, claims_markdown
+from ticketlab.sweeps.comparisons import evaluate_claims, row_difference_lines, versus_baseline
+from ticketlab.sweeps.stats import describe
 
 #: Where ``conf/experiment/`` is (the paper numbers' CSV files live beside the YAML files).
 EXPERIMENT_DIR = Path(__file__).resolve().parents[3] / "conf" / "experiment"
@@ -48,6 +51,7 @@ class ReportSpec:
         name: the experiment, ``<paper>/<table>`` (also the W&B group of its runs).
         title: one line: what the table shows.
         source: the paper and its table or figure.
+        paper: a short citation for summaries across experiments (e.g. ``Chijiwa et al. 2021 (IteRand)``).
         kind: ``grid`` (``metric`` per row x column cell), ``collapse`` (per row: the largest compression
             exponent ``x``, density ``10^-x``, at which no masked layer is empty; Tanaka et al. 2020, Fig. 1)
             or ``levels`` (IMP: ``metric`` per level; plus the sparsest level whose mean is within one standard
@@ -60,11 +64,16 @@ class ReportSpec:
         notes: what differs from the paper's setting (data, budget, conventions), printed under the table.
         method: the label of a method preset (``+method=<name>``, ``conf/method/``), e.g. ``EP+Recycle``;
             use ``report.method`` as a row key to tell presets of one pruner apart.
+        baseline: optional row (row key -> value, e.g. ``{pruner.name: random}``): every other row's cells
+            then also show the paired difference to it, by seed, with a 95 % t interval.
+        claims: the paper's claims tested on this experiment (:class:`~ticketlab.sweeps.claims.Claim`; each
+            entry a mapping with ``id``, ``text``, ``method``, ``baseline``, ``direction``, ``differs``, ...).
     """
 
     name: str = ""
     title: str = ""
     source: str = ""
+    paper: str = ""
     kind: str = "grid"
     rows: list[str] = field(default_factory=lambda: ["pruner.name"])
     cols: list[str] = field(default_factory=lambda: ["pruner.sparsity"])
@@ -72,6 +81,8 @@ class ReportSpec:
     percent: bool = True
     notes: list[str] = field(default_factory=list)
     method: str = ""
+    baseline: dict[str, Any] = field(default_factory=dict)
+    claims: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -84,6 +95,18 @@ class ReportSpec:
             self.cols = ["level"]
         if self.kind == "collapse":
             self.cols = []
+        self.claims = [c if isinstance(c, Claim) else Claim.from_dict(dict(c)) for c in self.claims or []]
+        ids = [c.id for c in self.claims]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"report.claims: ids repeat ({', '.join(ids)}); give each claim its own id.")
+        bad = sorted(set(self.baseline) - set(self.rows))
+        if bad:
+            raise ConfigError(f"report.baseline names {bad[0]!r}, which is not a row key; row keys: "
+                              f"{', '.join(self.rows)}.")
+
+    def keys(self) -> list[str]:
+        """Every config key the table reads: rows, columns and the claims' keys."""
+        return list(dict.fromkeys([*self.rows, *self.cols, *(k for c in self.claims for k in c.keys())]))
 
     @classmethod
     def from_config(cls, cfg: DictConfig | dict[str, Any]) -> ReportSpec:
@@ -221,7 +244,7 @@ def collect(sweep_dir: Path, spec: ReportSpec,
         jobs = sweep.report(sweep_dir, expected)[2] if expected else sweep.read_jobs(sweep_dir)
     if not jobs:
         raise FileNotFoundError(f"{sweep_dir} holds no sweep report or job records; run the sweep first.")
-    keys = [*spec.rows, *spec.cols]
+    keys = spec.keys()
     rows: list[dict[str, Any]] = []
     for job in jobs:
         over = _overrides(job.get("overrides") or [])
@@ -251,10 +274,8 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _stats(values: pd.Series) -> tuple[float, float, int]:
-    v = pd.to_numeric(values, errors="coerce").dropna()
-    if v.empty:
-        return math.nan, math.nan, 0
-    return float(v.mean()), float(v.std(ddof=0)) if len(v) > 1 else math.nan, len(v)
+    """``(mean, sample std with ddof 1, n)`` of the numeric values."""
+    return describe(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float))
 
 
 def critical_compression(df: pd.DataFrame) -> pd.DataFrame:
@@ -423,7 +444,7 @@ def _cell_text(c: pd.DataFrame, spec: ReportSpec) -> str:
     return text
 
 
-def _grid_table(cells: pd.DataFrame, spec: ReportSpec) -> str:
+def _grid_table(cells: pd.DataFrame, spec: ReportSpec, df: pd.DataFrame | None = None) -> str:
     """Rows by ``spec.rows``, one column per value of ``spec.cols[0]`` (IMP levels: ``L<k>``)."""
     col = spec.cols[0] if spec.cols else None
     rows_labels = cells[spec.rows].drop_duplicates()
@@ -440,6 +461,8 @@ def _grid_table(cells: pd.DataFrame, spec: ReportSpec) -> str:
             if col == "level" and len(rows_labels) == 1 and not c.empty and not math.isnan(c["density"].iloc[0]):
                 head = f"L{cv} (d={c['density'].iloc[0]:.3f})"
             rec[head] = _cell_text(c, spec)
+            if spec.baseline and df is not None and not c.empty:
+                rec[head] += versus_baseline(df, spec, {k: rl[k] for k in spec.rows}, col, cv)
         table.append(rec)
     return _md(pd.DataFrame(table))
 
@@ -479,20 +502,25 @@ def markdown_table(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> s
     unit = "compression exponent x (density 10^-x)" if spec.kind == "collapse" else \
         f"{spec.metric}{' (%)' if spec.percent else ''}"
     out = [f"## {spec.name}: {spec.title}", "", f"Source: {spec.source}. Values: {unit}; ours is mean ± std "
-           "(ddof 0) over seeds with n; Δ = ours − paper.", ""]
+           "(sample std, ddof 1) over seeds with n; Δ = ours − paper"
+           + ("; \"vs baseline\": the paired difference to the baseline row by seed, with its 95 % t interval"
+              if spec.baseline else "") + ".", ""]
     if cells.empty:
         out.append("No completed run yet.")
     elif spec.kind == "collapse":
         out.append(_collapse_table(cells, spec))
     else:
-        out.append(_grid_table(cells, spec))
+        out.append(_grid_table(cells, spec, df))
         if spec.kind == "levels":
             out += _levels_notes(cells, spec, paper)
+    out += claims_markdown(evaluate_claims(df, spec), spec.percent)
+    if not spec.claims:
+        out += row_difference_lines(df, spec)
     out += _not_completed_lines(df)
     if spec.notes:
         out += ["", "Differences from the paper:", *[f"- {n}" for n in spec.notes]]
     return "\n".join(out) + "\n"
 
 
-__all__ = ["EXPERIMENT_DIR", "KINDS", "METRICS", "ReportSpec", "collect", "critical_compression", "experiment_names",
-           "markdown_table", "matching_level", "not_completed", "paper_numbers", "summary_frame"]
+__all__ = ["EXPERIMENT_DIR", "KINDS", "METRICS", "ReportSpec", "collect", "critical_compression", "evaluate_claims",
+           "experiment_names", "markdown_table", "matching_level", "not_completed", "paper_numbers", "summary_frame"]
