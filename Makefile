@@ -8,7 +8,7 @@ DATA_COPY  ?= .data
 DATA_DIR   ?= $(if $(wildcard $(SHARED)),$(abspath $(DATA_COPY)),)
 ARGS       ?=
 
-.PHONY: help install data run test test-gpu lint bench chaos reproduce clean
+.PHONY: help install data run test test-gpu lint bench chaos reproduce claims clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -55,6 +55,9 @@ chaos: install data  ## kill runs at random moments, relaunch them, compare with
 reproduce: install data  ## a paper's table and plots: make reproduce EXP=synflow/layer_collapse [ARGS=--smoke]
 	@test -n "$(EXP)" || { $(PY) scripts/reproduce.py --list; echo "set EXP=<one of the above>"; exit 2; }
 	DATA_DIR="$(DATA_DIR)" $(PY) scripts/reproduce.py $(EXP) $(ARGS)
+
+claims: install data  ## every seed paper's claim at small scale, 5 seeds, 2 jobs at a time (about an hour): outputs/experiments/claims/summary.md
+	DATA_DIR="$(DATA_DIR)" TICKETLAB_LOCAL_JOBS=2 $(PY) scripts/reproduce.py claims hydra/launcher=local $(ARGS)
 
 clean:  ## remove caches (keeps .venv, .data and outputs/)
 	rm -rf .pytest_cache .ruff_cache .cache src/*.egg-info
