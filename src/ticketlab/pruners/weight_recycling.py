@@ -32,6 +32,7 @@ from ticketlab.pruners.biprop import BipropMask
 from ticketlab.pruners.edge_popup import EdgePopup, EdgePopupConfig
 from ticketlab.pruners.phases import TrainState
 from ticketlab.sparsity.masks import ScoreMask, masked_tensors
+from ticketlab.sparsity.selection import density_of
 
 
 @dataclass
@@ -74,12 +75,15 @@ class WeightRecyclingConfig(EdgePopupConfig):
 
 
 def capped_rate(rate: float, sparsity: float) -> float:
-    """``min(rate, 1 - sparsity)``: a recycling rate whose donors are all kept weights at any sparsity.
+    """``min(rate, density)``: a recycling rate whose donors are all kept weights at any sparsity.
 
     The ``${tl.recycle_rate:<rate>,${pruner.sparsity}}`` resolver of the method presets
-    (``conf/method/*_recycle.yaml``), so that one preset serves a sweep that reaches 99 % pruned.
+    (``conf/method/*_recycle*.yaml``), so that one preset serves a sweep that reaches 99 % pruned. The density
+    is the decimal one (:func:`~ticketlab.sparsity.selection.density_of`): rate 0.1 at sparsity 0.9 stays 0.1,
+    where ``1 - 0.9`` would cap it at 0.09999999999999998 and recycle one weight fewer per layer than the
+    reference's ``floor(0.1 n)``.
     """
-    return min(float(rate), 1.0 - float(sparsity))
+    return min(float(rate), density_of(sparsity))
 
 
 
