@@ -43,7 +43,7 @@ from hydra.errors import HydraException
 
 from ticketlab import resolvers
 from ticketlab.errors import ConfigError
-from ticketlab.files import atomic_write_bytes
+from ticketlab.files import atomic_write_bytes, read_json
 from ticketlab.runner.identity import compute, runs_root
 from ticketlab.sweeps.claims import summary_markdown
 from ticketlab.sweeps.comparisons import check_arms
@@ -97,6 +97,8 @@ def report(name: str, sweep_dir: Path, spec: ReportSpec, wall_s: float | None = 
     df.to_csv(sweep_dir / "runs.csv", index=False)
     if spec.claims:
         run_wall = float(pd.to_numeric(df.get("wall_s"), errors="coerce").sum()) if "wall_s" in df else 0.0
+        if wall_s is None:  # --report-only: keep the wall time the last launch measured
+            wall_s = (read_json(sweep_dir / "claims.json") or {}).get("wall_s")
         record = {"experiment": name, "paper": spec.paper or spec.source, "percent": spec.percent,
                   "wall_s": wall_s, "run_wall_s": run_wall, "not_completed": len(not_completed(df)),
                   "claims": [r.as_dict() for r in evaluate_claims(df, spec)]}

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 
 from ticketlab.errors import ConfigError
+from ticketlab.runner.validate import resolve
 from ticketlab.sweeps.claims import Claim, arm_differences, evaluate, pair_up
-from ticketlab.sweeps.comparisons import check_arms
+from ticketlab.sweeps.comparisons import check_arms, planned_jobs
 from ticketlab.sweeps.experiments import ReportSpec, evaluate_claims, experiment_names, markdown_table
 from ticketlab.sweeps.stats import VERDICTS, Estimate, mean_ci, paired_difference, verdict
 
@@ -167,9 +168,15 @@ def test_every_claims_experiment_states_claims():
 
 @pytest.mark.parametrize("name", WITH_CLAIMS)
 def test_every_claims_arms_differ_only_in_what_it_names(name):
-    """Composes the sweep's jobs (nothing runs) and diffs the two arms of every claim, pair by pair."""
-    out = check_arms(name)
+    """Composes the sweep's jobs (nothing runs) and diffs the two arms of every claim, pair by pair; every job
+    is a valid run config (tests/test_experiments.py composes the other experiments' grids)."""
+    planned = planned_jobs(name)
+    out = check_arms(name, planned=planned)
     assert out and all(v == [] for v in out.values()), out
+    jobs, configs, spec = planned
+    assert spec.name == name and len(jobs) == len(configs)
+    for cfg in configs:
+        resolve(cfg)
 
 
 def test_a_claim_comparing_unlike_arms_is_caught(tmp_path):

@@ -398,7 +398,9 @@ def summary_markdown(records: list[dict[str, Any]], total_wall_s: float | None =
              "|---|---|---|---|---|---|---|"]
     for rec in records:
         scale = 100.0 if rec.get("percent", True) else 1.0
-        wall = f"{rec.get('wall_s', math.nan) / 60:.1f} min ({rec.get('run_wall_s', math.nan) / 60:.1f} min)"
+        minutes = [(rec[k] if isinstance(rec.get(k), (int, float)) else math.nan) / 60
+                   for k in ("wall_s", "run_wall_s")]
+        wall = f"{minutes[0]:.1f} min ({minutes[1]:.1f} min)".replace("nan min", "—")
         for c in rec.get("claims", []):
             est = Estimate(c["effect"] if c["effect"] is not None else math.nan,
                            c["ci_low"] if c["ci_low"] is not None else math.nan,

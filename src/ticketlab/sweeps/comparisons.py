@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ticketlab.errors import ConfigError
 from ticketlab.sweeps.claims import (
@@ -99,7 +99,7 @@ def versus_baseline(df: pd.DataFrame, spec: ReportSpec, row: dict[str, str], col
 
 
 def planned_jobs(name: str, overrides: Iterable[str] = (), conf_dir: Path | None = None,
-                 one_seed: bool = True) -> tuple[pd.DataFrame, list[dict[str, Any]], Any]:
+                 one_seed: bool = True) -> tuple[pd.DataFrame, list[DictConfig], Any]:
     """Every job of experiment ``name``'s sweep, composed (not run), as a table and flat configs.
 
     Args:
@@ -110,8 +110,8 @@ def planned_jobs(name: str, overrides: Iterable[str] = (), conf_dir: Path | None
 
     Returns:
         ``(jobs, configs, spec)``: one row per job with a column per report key and claim key (values as
-        the runs' table writes them) and ``seed``; ``configs[i]`` is job ``i``'s flat config; the
-        experiment's :class:`~ticketlab.sweeps.experiments.ReportSpec`.
+        the runs' table writes them) and ``seed``; ``configs[i]`` is job ``i``'s composed config (as
+        ``train.py`` would receive it); the experiment's :class:`~ticketlab.sweeps.experiments.ReportSpec`.
 
     Raises:
         ConfigError: the experiment has no sweep or no report block.
@@ -142,22 +142,29 @@ def planned_jobs(name: str, overrides: Iterable[str] = (), conf_dir: Path | None
         keys = list(dict.fromkeys([*spec.rows, *spec.cols, *(k for c in spec.claims for k in c.keys())]))
         rows, configs = [], []
         for job in jobs:
-            flat = flat_config(compose("config", overrides=[f"experiment={name}", *job_overrides, *job]))
-            configs.append(flat)
+            cfg = compose("config", overrides=[f"experiment={name}", *job_overrides, *job])
+            flat = flat_config(cfg)
+            configs.append(cfg)
             rows.append({**{k: label(flat.get(k)) for k in keys if k != "level"}, "seed": label(flat.get("seed")),
                          "status": "completed", "job": len(rows)})
     GlobalHydra.instance().clear()
     return pd.DataFrame(rows), configs, spec
 
 
-def check_arms(name: str, overrides: Iterable[str] = (), conf_dir: Path | None = None) -> dict[str, list[str]]:
+def check_arms(name: str, overrides: Iterable[str] = (), conf_dir: Path | None = None,
+               planned: tuple[pd.DataFrame, list[DictConfig], ReportSpec] | None = None) -> dict[str, list[str]]:
     """Claim id -> the undeclared config keys its arms differ in, over the planned jobs of ``name``
     (empty lists when every claim is clean). Nothing runs.
+
+    Args:
+        name, overrides, conf_dir: as :func:`planned_jobs`.
+        planned: the result of :func:`planned_jobs` when the caller already has it.
 
     Raises:
         ConfigError: as :func:`planned_jobs`, or a claim names a key that is not in the table.
     """
-    jobs, configs, spec = planned_jobs(name, overrides, conf_dir)
+    jobs, composed, spec = planned or planned_jobs(name, overrides, conf_dir)
+    configs = [flat_config(c) for c in composed]
     keys = [*spec.rows, *spec.cols]
     out = {}
     for claim in spec.claims:

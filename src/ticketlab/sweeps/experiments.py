@@ -10,6 +10,11 @@ each row with its source. ``scripts/reproduce.py`` launches the sweep, then call
 Every job of the sweep becomes at least one row of the tidy table (:func:`collect`): a run that failed,
 diverged, was stopped or never ran is a row with its status and is listed under the table, never dropped.
 IMP runs give one row per level (``level`` column).
+
+Cells are mean ± sample standard deviation (ddof 1) over seeds. A report may name a baseline row (each
+other cell then shows its paired difference to it with a 95 % t interval) and claims, tested by
+:mod:`ticketlab.sweeps.claims` with the statistics of :mod:`ticketlab.sweeps.stats`; the config keys in
+which the compared rows differ are listed under the table (:mod:`ticketlab.sweeps.comparisons`).
 """
 
 from __future__ import annotations
