@@ -151,7 +151,7 @@ def test_claim_keys_and_values_are_checked():
 def test_arm_differences_flag_what_the_claim_does_not_name():
     pairs = pd.DataFrame([{"job_m": 0, "job_b": 1}])
     a = {"pruner.name": "iterand", "pruner.rank": "raw", "pruner.period": 300, "optimizer.lr": 0.3,
-         "report.method": "x"}
+         "report.method": "x", "logger.group": "claims/phew"}  # labels never count as a difference
     b = {"pruner.name": "edge_popup", "pruner.rank": "abs", "pruner.scope": "layerwise", "optimizer.lr": 0.1}
     cfgs = [a, b]
     diffs, undeclared = arm_differences(pairs, lambda r, s: cfgs[int(r[f"job{s}"])], ["pruner.name"])

@@ -32,8 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 from ticketlab.errors import ConfigError
 from ticketlab.sweeps.stats import DIRECTIONS, Estimate, describe, mean_ci, verdict
 
-#: Config keys never compared between arms: the report's own layout and labels.
-IGNORED_KEYS = ("report.*",)
+#: Config keys never compared between arms: the report's layout and labels, and the tracking labels (a run
+#: shared by two experiments, e.g. one random-pruning baseline, carries the W&B group of the first).
+IGNORED_KEYS = ("report.*", "logger.*")
 
 
 def label(v: Any) -> str:
