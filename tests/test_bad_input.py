@@ -64,7 +64,8 @@ def test_a_rejected_config_leaves_an_existing_run_untouched(cfg_factory, tmp_pat
 # --------------------------------------------------------------------------- warnings
 @pytest.mark.parametrize("overrides,warning", [
     (["pruner.sparsity=0.999999", "trainer.epochs=1"], "leave no path from the input to the output"),
-    (["model=resnet50", "trainer.epochs=1", "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1"],
+    (["model=resnet50", "model.width_mult=0.125", "trainer.epochs=1", "trainer.limit_train_batches=1",
+      "trainer.limit_eval_batches=1"],
      "downsamples its 1x8x8 input below the size of"),
     (["pruner=biprop"], "alpha * sign(W) = W and biprop is edge-popup"),
     (["pruner=weight_recycling", "trainer.epochs=2"], "never recycles in this run"),

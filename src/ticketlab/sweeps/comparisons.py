@@ -70,6 +70,7 @@ def row_differences(df: pd.DataFrame, spec: ReportSpec) -> list[tuple[dict[str, 
 
 
 def row_difference_lines(df: pd.DataFrame, spec: ReportSpec) -> list[str]:
+    """The Markdown lines listing :func:`row_differences` under a table (empty when there is one row)."""
     diffs = row_differences(df, spec) if spec.kind != "collapse" else []
     if not diffs:
         return []
@@ -84,7 +85,13 @@ def row_difference_lines(df: pd.DataFrame, spec: ReportSpec) -> list[str]:
 
 def versus_baseline(df: pd.DataFrame, spec: ReportSpec, row: dict[str, str], col: str | None,
                      cv: Any) -> str:
-    """A cell's paired difference to the baseline row at the same column, by seed (empty for the baseline)."""
+    """``"; vs baseline +1.23 [+0.45, +2.01]"``: a cell's paired difference to the baseline row at the same
+    column value, by seed, in the table's unit (empty for the baseline row itself and when no pair exists).
+
+    Args:
+        df: the tidy runs table; ``spec``: its layout; ``row``: the cell's row labels; ``col``, ``cv``: its
+            column key and value (``None`` for a table without columns).
+    """
     base = {**row, **spec.baseline}
     if all(str(row[k]) == label(v) for k, v in spec.baseline.items()) or df.empty or "seed" not in df.columns:
         return ""
@@ -100,7 +107,7 @@ def versus_baseline(df: pd.DataFrame, spec: ReportSpec, row: dict[str, str], col
 
 def planned_jobs(name: str, overrides: Iterable[str] = (), conf_dir: Path | None = None,
                  one_seed: bool = True) -> tuple[pd.DataFrame, list[DictConfig], Any]:
-    """Every job of experiment ``name``'s sweep, composed (not run), as a table and flat configs.
+    """Every job of experiment ``name``'s sweep, composed (not run), as a table and its configs.
 
     Args:
         name: ``<paper>/<table>`` (``conf/experiment/<name>.yaml``).
