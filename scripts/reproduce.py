@@ -6,6 +6,7 @@
     python scripts/reproduce.py lth/lenet300_mnist --report-only             # tables and plots only
     python scripts/reproduce.py claims/iterand                               # one paper's claims
     python scripts/reproduce.py claims                                       # every claim, then summary.md
+    python scripts/reproduce.py iwr --smoke --no-plots                       # a folder's smoke variants, tables only
     python scripts/reproduce.py --list
 
 The experiment is ``conf/experiment/<paper>/<table>.yaml`` (``--smoke``: ``<table>_smoke.yaml``). Its sweep
@@ -90,7 +91,7 @@ def run_folder(name: str, overrides: list[str]) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def report(name: str, sweep_dir: Path, spec: ReportSpec, wall_s: float | None = None) -> str:
+def report(name: str, sweep_dir: Path, spec: ReportSpec, wall_s: float | None = None, plots: bool = True) -> str:
     """Write ``runs.csv``, ``table.md``, the plots and (with claims) ``claims.json`` in ``sweep_dir``; return
     the table's Markdown. ``wall_s``: this launch's wall time, recorded in ``claims.json``."""
     df = collect(sweep_dir, spec, locate=lambda overrides: run_folder(name, overrides))
@@ -105,7 +106,7 @@ def report(name: str, sweep_dir: Path, spec: ReportSpec, wall_s: float | None = 
         atomic_write_bytes(sweep_dir / "claims.json", json.dumps(record, indent=1, default=str).encode())
     paper = paper_numbers(name)
     text = markdown_table(df, spec, paper)
-    plots = all_plots(df, spec, paper, sweep_dir / "plots")
+    plots = all_plots(df, spec, paper, sweep_dir / "plots") if plots else []
     text += "\nFiles: " + ", ".join(str(p.relative_to(sweep_dir)) for p in [sweep_dir / "runs.csv", *plots]) + "\n"
     atomic_write_bytes(sweep_dir / "table.md", text.encode())
     return text
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment", nargs="?", help="<paper>/<table>, e.g. synflow/layer_collapse")
     parser.add_argument("--smoke", action="store_true", help="run the experiment's CPU smoke variant")
     parser.add_argument("--report-only", action="store_true", help="do not launch; tabulate what exists")
+    parser.add_argument("--no-plots", action="store_true", help="tables only (runs.csv, table.md, claims.json)")
     parser.add_argument("--list", action="store_true", help="list the experiments")
     args, overrides = parser.parse_known_args(argv)
     names = experiment_names()
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.experiment.removesuffix("/")
     group = [n for n in names if n.startswith(folder + "/") and n.endswith("_smoke") == args.smoke]
     if group and folder + ("_smoke" if args.smoke else "") not in names:
-        return run_group(folder, group, overrides, args.report_only)
+        return run_group(folder, group, overrides, args.report_only, not args.no_plots)
     name = args.experiment.removesuffix(".yaml") + ("_smoke" if args.smoke else "")
     if name not in names:
         full = [n for n in names if not n.endswith("_smoke")]
@@ -139,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, HydraException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return run_one(name, sweep_dir, spec, overrides, args.report_only)
+    return run_one(name, sweep_dir, spec, overrides, args.report_only, not args.no_plots)
 
 
-def run_one(name: str, sweep_dir: Path, spec: ReportSpec, overrides: list[str], report_only: bool) -> int:
+def run_one(name: str, sweep_dir: Path, spec: ReportSpec, overrides: list[str], report_only: bool,
+            plots: bool = True) -> int:
     """Check a claims experiment's arms, run its sweep (unless ``report_only``) and report it; the exit status."""
     start = time.monotonic()
     code = 0
@@ -167,7 +170,7 @@ def run_one(name: str, sweep_dir: Path, spec: ReportSpec, overrides: list[str], 
             print(f"error: the sweep exited with {code}; no table written", file=sys.stderr)
             return code
     try:
-        text = report(name, sweep_dir, spec, wall_s=None if report_only else time.monotonic() - start)
+        text = report(name, sweep_dir, spec, wall_s=None if report_only else time.monotonic() - start, plots=plots)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -176,7 +179,7 @@ def run_one(name: str, sweep_dir: Path, spec: ReportSpec, overrides: list[str], 
     return code
 
 
-def run_group(folder: str, names: list[str], overrides: list[str], report_only: bool) -> int:
+def run_group(folder: str, names: list[str], overrides: list[str], report_only: bool, plots: bool = True) -> int:
     """Run (or, with ``report_only``, tabulate) every experiment of ``folder`` in turn, then write
     ``<output_dir>/experiments/<folder>/summary.md``; the worst exit status of its experiments."""
     start = time.monotonic()
@@ -190,11 +193,11 @@ def run_group(folder: str, names: list[str], overrides: list[str], report_only: 
             continue
         out_dir = sweep_dir.parent
         print(f"=== {name}", flush=True)
-        codes.append(run_one(name, sweep_dir, spec, overrides, report_only))
+        codes.append(run_one(name, sweep_dir, spec, overrides, report_only, plots))
         record = sweep_dir / "claims.json"
         if record.exists():
             records.append(json.loads(record.read_text()))
-    if out_dir is not None:
+    if out_dir is not None and records:  # a folder of claims experiments
         text = summary_markdown(records, None if report_only else time.monotonic() - start)
         atomic_write_bytes(out_dir / "summary.md", text.encode())
         print(text)

@@ -206,7 +206,7 @@ def test_every_claims_smoke_variant_end_to_end(tmp_path):
     """`reproduce.py claims --smoke`: each claims experiment's sweep, table with its claims section, claims.json,
     and the summary with one row per claim."""
     env = {**os.environ, "TICKETLAB_OUTPUTS": str(tmp_path / "outputs"), "WANDB_MODE": "disabled"}
-    p = subprocess.run([sys.executable, "scripts/reproduce.py", "claims", "--smoke", "logger=none",
+    p = subprocess.run([sys.executable, "scripts/reproduce.py", "claims", "--smoke", "--no-plots", "logger=none",
                         "trainer.progress=false"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = tmp_path / "outputs" / "experiments" / "claims"
