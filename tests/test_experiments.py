@@ -156,12 +156,13 @@ def _run_reproduce(args: list[str], tmp_path: Path) -> subprocess.CompletedProce
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
-#: Folders whose smoke variants run end to end here, one `reproduce.py <folder> --smoke` each. claims/ runs in
-#: tests/test_claims.py; eps_perturbation/ and haroon/ are left to it too: claims/eps_perturbation and
-#: claims/haroon run the same pruners end to end, and their grids are composed and validated above.
-SMOKE_FOLDERS = sorted({n.split("/")[0] for n in SMOKE} - {"claims", "eps_perturbation", "haroon"})
-#: Folders whose tables are checked without their plots (the plots of every kind are drawn by the others).
-TABLES_ONLY = {"biprop", "iterand", "nonzero_bias", "phew"}
+#: Folders whose smoke variants run end to end here, one `reproduce.py <folder> --smoke` each. The others are
+#: left to tests/test_claims.py, whose claims smoke variants run the same methods end to end (edge-popup with
+#: biases, looks-linear inits, annealing and scaling; biprop and recycling; IteRand; PHEW, SynFlow, SNIP,
+#: GraSP; K-starts and dissipating gradients; eps-perturbation); their grids are composed and validated above.
+SMOKE_FOLDERS = ["edge_popup", "iwr", "lth", "synflow"]
+#: Folders whose tables are checked without their plots (edge_popup, lth and synflow draw every plot kind).
+TABLES_ONLY = {"iwr"}
 
 
 @pytest.mark.slow
