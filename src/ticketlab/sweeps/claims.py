@@ -37,6 +37,11 @@ from ticketlab.sweeps.stats import DIRECTIONS, Estimate, describe, mean_ci, verd
 IGNORED_KEYS = ("report.*", "logger.*")
 
 
+def completed(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a runs table whose run completed (none when the table has no ``status`` column)."""
+    return df[df["status"] == "completed"] if "status" in df.columns else df.iloc[0:0]
+
+
 def label(v: Any) -> str:
     """A key value as the tidy table holds it (floats without trailing noise)."""
     if isinstance(v, float):
@@ -312,7 +317,7 @@ def evaluate(df: pd.DataFrame, claim: Claim, keys: Iterable[str], metric: str,
         the verdict, both arms' mean ± sd, and the config keys in which the arms differ.
     """
     metric = claim.metric or metric
-    done = df[df["status"] == "completed"] if "status" in df.columns else df
+    done = completed(df)
     if done.empty or metric not in done.columns:
         pairs = pd.DataFrame()
     else:
@@ -374,7 +379,7 @@ def claims_markdown(results: list[ClaimResult], percent: bool = True) -> list[st
 
 
 __all__ = ["IGNORED_KEYS", "Claim", "ClaimResult", "arm_differences", "claims_markdown", "evaluate", "flat_config",
-           "label", "pair_up", "run_config"]
+           "completed", "label", "pair_up", "run_config"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ticketlab.sweeps.claims import (
     Claim,
     ClaimResult,
     arm_differences,
+    completed,
     evaluate,
     flat_config,
     label,
@@ -27,10 +28,6 @@ from ticketlab.sweeps.claims import (
 
 if TYPE_CHECKING:
     from ticketlab.sweeps.experiments import ReportSpec
-
-
-def _ok(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"] == "completed"] if "status" in df.columns else df.iloc[0:0]
 
 
 def evaluate_claims(df: pd.DataFrame, spec: ReportSpec) -> list[ClaimResult]:
@@ -49,7 +46,7 @@ def row_differences(df: pd.DataFrame, spec: ReportSpec) -> list[tuple[dict[str, 
         ``[(row labels, {key: "<row value> | <reference value>"}), ...]``; a row without a completed pair is
         left out.
     """
-    d = _ok(df)
+    d = completed(df)
     if d.empty or "seed" not in d.columns or not all(k in d.columns for k in spec.rows):
         return []
     rows = d[spec.rows].drop_duplicates().to_dict("records")

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ticketlab.errors import ConfigError
 from ticketlab.files import read_json
-from ticketlab.sweeps.claims import Claim, claims_markdown
+from ticketlab.sweeps.claims import Claim, claims_markdown, completed, label
 from ticketlab.sweeps.comparisons import evaluate_claims, row_difference_lines, versus_baseline
 from ticketlab.sweeps.stats import describe
 
@@ -175,13 +175,6 @@ def _select(cfg: dict[str, Any], key: str) -> Any:
     return node
 
 
-def _label(v: Any) -> str:
-    """A key value as the table shows it (floats without trailing noise)."""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return "" if v is None else str(v)
-
-
 def _overrides(items: list[str]) -> dict[str, str]:
     out = {}
     for o in items or []:
@@ -266,16 +259,12 @@ def collect(sweep_dir: Path, spec: ReportSpec,
     df = pd.DataFrame(rows)
     for k in keys:
         if k in df.columns:
-            df[k] = df[k].map(_label)
+            df[k] = df[k].map(label)
     return df
 
 
 # --------------------------------------------------------------------------------------------------
 # the paper's layout
-
-
-def _ok(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"] == "completed"] if "status" in df.columns else df.iloc[0:0]
 
 
 def _stats(values: pd.Series) -> tuple[float, float, int]:
@@ -293,7 +282,7 @@ def critical_compression(df: pd.DataFrame) -> pd.DataFrame:
     Returns:
         One row per group with ``critical_x``, ``first_collapse_x`` (NaN if none collapsed) and ``tested_max_x``.
     """
-    d = _ok(df).copy()
+    d = completed(df).copy()
     if d.empty:
         return d
     d["x"] = -pd.to_numeric(d["target_density"], errors="coerce").map(lambda t: math.log10(t) if t > 0 else math.inf)
@@ -329,7 +318,7 @@ def _paper(paper: pd.DataFrame, row: dict[str, str], col: str | None, col_key: s
         if k in paper.columns:
             m &= paper[k].map(str) == v
     if col_key is not None and col_key in paper.columns:
-        m &= paper[col_key].map(lambda s: _label(float(s)) if _is_number(s) else s) == col
+        m &= paper[col_key].map(lambda s: label(float(s)) if _is_number(s) else s) == col
     hit = paper[m]
     if hit.empty:
         return math.nan, math.nan
@@ -351,7 +340,7 @@ def summary_frame(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> pd
     scale = 100.0 if spec.percent else 1.0
     cells = []
     if spec.kind == "collapse":
-        d = _ok(df).copy()
+        d = completed(df).copy()
         for i, k in enumerate(spec.rows):
             d[f"__row{i}"] = d[k]
         crit = critical_compression(d)
@@ -364,7 +353,7 @@ def summary_frame(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> pd
             cells.append({**row, "mean": mean, "std": std, "n": n, "tested_max_x": g["tested_max_x"].max(),
                           "paper": p, "paper_std": ps, "diff": mean - p})
         return pd.DataFrame(cells)
-    d = _ok(df)
+    d = completed(df)
     groups = [*spec.rows, *spec.cols]
     if d.empty:
         return pd.DataFrame(columns=[*groups, "mean", "std", "n", "paper", "paper_std", "diff"])
