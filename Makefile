@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	@# the fused CPU mask kernels: built once per environment here (about 20-40 s), not inside a first run
+	-$(PY) -m ticketlab.sparsity.kernels
 	@touch $@
 
 install: $(VENV)/.installed  ## create .venv and install the package with its dev extra
