@@ -457,8 +457,9 @@ def test_a_failed_build_falls_back_to_torch_with_a_warning(monkeypatch, caplog, 
 def test_a_build_in_progress_elsewhere_is_named_and_not_waited_for(tmp_path):
     """Another process holds the build lock: a run says who and uses the torch ops at once."""
     env = {**os.environ, "TICKETLAB_KERNELS_DIR": str(tmp_path)}
-    folder = subprocess.run([sys.executable, "-c", "from ticketlab.sparsity import kernels; print(kernels.kernels_dir())"],
-                            env=env, capture_output=True, text=True, check=True).stdout.strip()
+    code = "from ticketlab.sparsity import kernels; print(kernels.kernels_dir())"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    folder = r.stdout.strip()
     Path(folder).mkdir(parents=True)
     with open(Path(folder) / "build.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -498,7 +499,8 @@ def test_without_a_compiler_a_run_falls_back_with_one_warning(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout + r.stderr
     assert out.count("fused CPU mask kernels unavailable") == 1 and "no C++ compiler" in out, out[-3000:]
-    assert "Traceback" not in out and json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    assert "Traceback" not in out
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
 
 
 def test_kernels_setting_is_checked(monkeypatch):

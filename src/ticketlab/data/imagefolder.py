@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 from ticketlab.errors import ConfigError, describe
 
@@ -64,6 +63,8 @@ def load_cached_split(split_dir: Path, cache_dir: Path) -> tuple[Tensor, Tensor,
         blob = _read_cache(cache, len(items), len(classes))
         if blob is not None:
             return blob["images"], blob["labels"], classes
+    from torchvision.io import ImageReadMode, decode_image, read_file  # here: about a second of start-up
+
     images = []
     for p, _ in items:
         try:

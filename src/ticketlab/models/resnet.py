@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import torchvision
 from torch import nn
 
 from ticketlab.config import ModelConfig
@@ -103,6 +102,8 @@ def build_resnet50(cfg: ModelConfig, input_shape: tuple[int, int, int], num_clas
 
     ``cfg.bias`` is not used: torchvision's convolutions have no bias and its classifier has one.
     """
+    import torchvision  # imported here: it costs about a second of start-up (torch._dynamo)
+
     model = torchvision.models.resnet50(weights=None, num_classes=num_classes,
                                         width_per_group=scaled(64, cfg.width_mult))
     if not cfg.bn_affine:  # torchvision's constructor initializes BN weights, so drop them afterwards

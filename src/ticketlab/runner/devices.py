@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -47,10 +48,22 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    _set_deterministic(deterministic)
+
+
+def _set_deterministic(mode: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode, warn_only=True)`` without its start-up cost.
+
+    The public call also sets ``torch._inductor.config.deterministic`` and so imports inductor and dynamo
+    (about 0.7 s, a third of a small run's start-up). That flag only matters to ``torch.compile``, which
+    re-applies the public call (:class:`ticketlab.training.loop.Trainer`); until then only torch's global
+    switch is set. Once inductor is loaded anyway, the public call is used.
+    """
+    if "torch._inductor" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=True)
     else:
-        torch.use_deterministic_algorithms(False)
+        torch._C._set_deterministic_algorithms(mode, warn_only=True)
 
 
 def place(rc: RunConfig) -> Placement:

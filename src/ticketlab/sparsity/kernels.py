@@ -324,5 +324,6 @@ if __name__ == "__main__":  # python -m ticketlab.sparsity.kernels: build (or fi
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         ext = native(wait=True)
-        print(f"fused CPU mask kernels: {'ready in ' + str(kernels_dir()) if ext is not None else 'not built (see above)'}")
+        where = f"ready in {kernels_dir()}" if ext is not None else "not built (see above)"
+        print(f"fused CPU mask kernels: {where}")
         sys.exit(0 if ext is not None else 1)

@@ -244,6 +244,9 @@ class Trainer:
             self._pending = None
         self.train_model = distributed.wrap(self.model, self.placement.dist)
         if self.cfg.compile:
+            # the public call carries the deterministic switch into inductor's config (seed_everything skips it)
+            torch.use_deterministic_algorithms(torch.are_deterministic_algorithms_enabled(),
+                                               warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
             self.train_model = torch.compile(self.train_model)
         self.phase_begun = True
         if not resumed and phase is not self.main:
