@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import shutil
 from fractions import Fraction
 
 import pytest
@@ -686,3 +689,48 @@ def nk_total(n: int, sparsity: float) -> int:
     from ticketlab.sparsity.selection import num_kept
 
     return num_kept(n, sparsity)
+
+
+@pytest.mark.slow
+def test_imp_with_levels_reports_the_sparsity_it_applied(tmp_path):
+    """pruner.levels=2 ends at sparsity 0.36 = 1 - 0.8^2: the folder, log lines and summaries say so per level,
+    and the default pruner.sparsity=0.8 appears nowhere."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "pruner=imp", "pruner.levels=2", "trainer.epochs=1",
+                        "logger=none", "trainer.progress=false", f"paths.output_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert folder.name.startswith("imp-mlp-digits-s0.36-seed0-")
+    logged = [float(x) for x in re.findall(r"pruner imp at sparsity ([0-9.]+)", r.stdout + r.stderr)]
+    assert logged == [0.0, 0.2, 0.36]
+    for level, target in enumerate([0.0, 0.2, 0.36]):
+        s = json.loads((folder / f"level_{level:02d}" / "summary.json").read_text())
+        assert s["target_sparsity"] == target and s["sparsity"] == pytest.approx(target, abs=1e-3)
+    parent = json.loads((folder / "summary.json").read_text())
+    assert parent["target_sparsity"] == 0.36 and "0.8" not in parent["run_name"]
+
+
+def test_from_file_is_identified_by_the_masks_content_and_reports_their_sparsity(cfg_factory, tmp_path):
+    from ticketlab.runner.identity import compute
+
+    for name, sparsity in (("a", 0.9), ("b", 0.7)):
+        run(cfg_factory("pruner=random", f"pruner.sparsity={sparsity}", "trainer.epochs=0"), run_dir=tmp_path / name)
+    path = tmp_path / "ticket.pt"
+    shutil.copy(tmp_path / "a" / "masks.pt", path)
+    first = compute(cfg_factory("pruner=from_file", f"pruner.path={path}"))
+    moved = tmp_path / "elsewhere" / "masks.pt"
+    moved.parent.mkdir()
+    shutil.copy(path, moved)
+    assert compute(cfg_factory("pruner=from_file", f"pruner.path={moved}")).digest == first.digest  # same mask
+    shutil.copy(tmp_path / "b" / "masks.pt", path)  # another mask at the same path: another run
+    second = compute(cfg_factory("pruner=from_file", f"pruner.path={path}"))
+    assert second.digest != first.digest and "path" not in second.values["pruner"]
+    assert re.fullmatch(r"from_file-mlp-digits-m[0-9a-f]{8}-seed0", second.name)
+    s = run(cfg_factory("pruner=from_file", f"pruner.path={path}"), run_dir=tmp_path / "dst")
+    assert s["target_sparsity"] == pytest.approx(0.7, abs=1e-4) and s["sparsity"] == pytest.approx(0.7, abs=1e-4)
+    assert s["mask_sha256"] == second.values["pruner"]["mask_sha256"]

@@ -218,6 +218,12 @@ class Pruner:
         """Method facts merged into ``summary.json`` (default none)."""
         return {}
 
+    @property
+    def target_sparsity(self) -> float:
+        """The sparsity this run (this stage) sets out to reach, as its log line and summary report it:
+        ``pruner.sparsity`` unless the method decides otherwise (IMP's levels, a mask file)."""
+        return float(self.cfg.sparsity)
+
 
 class MainPhase(Phase):
     """The training the run is about, as the loop's last phase: the method's hooks, the run's optimizer and

@@ -8,6 +8,7 @@ Prunable layers the file does not mention stay dense (the run warns).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ class FromFileConfig(PrunerConfig):
 
     Attributes:
         path: a run folder or its ``masks.pt``.
-        sparsity: informational; the file decides (the summary reports the measured sparsity).
+        sparsity: not used: the file decides (the log, the summary's ``target_sparsity`` and the run's name
+            report the file's sparsity; the run's identity is the masks' digest, not the path).
     """
 
     name: str = "from_file"
@@ -82,6 +84,25 @@ def read_masks(path: Path, key: str = "pruner.path") -> dict[str, Tensor]:
     return out
 
 
+def mask_digest(path: Path) -> str | None:
+    """SHA-256 (hex) of the masks in a run folder's ``masks.pt`` or the given file: their names, shapes and
+    values, in name order, not the file's bytes (which also hold the run's config and status). ``None`` when
+    the file is missing or unreadable (the run's checks then name the problem).
+
+    A ``pruner=from_file`` run is identified by this digest instead of the path string, so two different
+    files at one path are two runs and a moved file is the same run."""
+    try:
+        masks = read_masks(path)
+    except ConfigError:
+        return None
+    h = hashlib.sha256()
+    for name in sorted(masks):
+        m = masks[name].contiguous()
+        h.update(f"{name}:{tuple(m.shape)};".encode())
+        h.update(m.numpy().tobytes())
+    return h.hexdigest()
+
+
 @register_pruner("from_file", FromFileConfig)
 class FromFile(Pruner):
     """Apply a saved mask."""
@@ -116,5 +137,12 @@ class FromFile(Pruner):
         return []
 
     def summary(self) -> dict[str, Any]:
-        """Where the mask came from."""
-        return {"mask_file": self.cfg.path}
+        """Where the mask came from, and its content's digest (:func:`mask_digest`)."""
+        return {"mask_file": self.cfg.path, "mask_sha256": mask_digest(Path(self.cfg.path))}
+
+    @property
+    def target_sparsity(self) -> float:
+        """The sparsity of the file's masks (fraction of their entries removed), not ``pruner.sparsity``."""
+        masks = getattr(self, "masks", None) or self.load()
+        total = sum(m.numel() for m in masks.values())
+        return round(1.0 - sum(int(m.sum()) for m in masks.values()) / total, 12) if total else 0.0

@@ -27,6 +27,7 @@ from ticketlab.runner.identity import RunIdentity
 from ticketlab.runner.summary import structure_summary, summarize
 from ticketlab.runner.tracking import Tracker
 from ticketlab.sparsity.report import mask_dict
+from ticketlab.sparsity.selection import density_of
 from ticketlab.sparsity.structure import mask_structure, mask_warnings
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ def _announce(job: Job, ident: RunIdentity, attempt: int, reason: str) -> None:
     rc, trainer = job.rc, job.trainer
     log.info("run %s (id %s, attempt %d): %s | %s on %s, %s init, pruner %s at sparsity %.4f (density %.4f), "
              "device %s, %d train / %d test images", job.run_dir, ident.short, attempt, reason, rc.model.name,
-             rc.dataset.name, rc.init.name, rc.pruner.name, rc.pruner.sparsity, rc.pruner.density, trainer.device,
+             rc.dataset.name, rc.init.name, rc.pruner.name, job.pruner.target_sparsity,
+             density_of(job.pruner.target_sparsity), trainer.device,
              trainer.data.num_train, trainer.data.num_test)
     for w in job.warnings:
         log.warning("%s", w)
@@ -117,16 +119,17 @@ def _announce(job: Job, ident: RunIdentity, attempt: int, reason: str) -> None:
 
 def _start(job: Job) -> list[str]:
     """A fresh run: compute the starting mask and checkpoint it. Returns the mask-structure warnings."""
-    rc, trainer = job.rc, job.trainer
+    trainer = job.trainer
     data = trainer.data
     try:
         job.pruner.initialize(trainer.model, job.ctx)
     except NonFiniteError as e:
         raise Diverged(e.what, "initialize", 0, 0, None) from e
     new: list[str] = []
-    if rc.pruner.sparsity > 0:
+    target = job.pruner.target_sparsity
+    if target > 0:
         try:
-            new = mask_warnings(mask_structure(trainer.model, data.input_shape), rc.pruner.sparsity)
+            new = mask_warnings(mask_structure(trainer.model, data.input_shape), target)
         except Exception:  # a metric must never cost the run
             new = []
         for w in new:
@@ -218,7 +221,8 @@ def finish(job: Job, ident: RunIdentity, status: str, outcome: dict[str, Any], w
     if status != "diverged":
         extra.update(attempt_to("compute mask-structure metrics", structure_summary, model,
                                 trainer.data.input_shape) or {})
-    built = attempt_to("build the summary", summarize, rc, model, trainer.history, status, wall_s, run_dir, extra)
+    built = attempt_to("build the summary", summarize, rc, model, trainer.history, status, wall_s, run_dir, extra,
+                       job.pruner.target_sparsity)
     if built is not None:
         summary = built.to_dict()
     if problems:

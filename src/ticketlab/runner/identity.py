@@ -145,12 +145,18 @@ def _plain(node: DictConfig, key: str) -> Any:
     return value
 
 
-def readable_name(cfg: DictConfig) -> str:
+def readable_name(cfg: DictConfig, mask_sha256: str | None = None) -> str:
     """``<pruner>-<model>-<dataset>-s<sparsity>-seed<seed>`` (characters outside ``[A-Za-z0-9._=-]`` -> ``_``);
-    ``c<x>`` instead of ``s<sparsity>`` when the pruner's ``compression`` (density 10^-x) is set."""
+    ``c<x>`` instead of ``s<sparsity>`` when the pruner's ``compression`` (density 10^-x) is set; IMP with
+    ``pruner.levels`` names its last level's sparsity ``1 - (1 - rate)^levels``; a ``from_file`` run names
+    its masks' digest ``m<first 8 hex>`` (the file decides the sparsity)."""
     try:
         compression = cfg.pruner.get("compression")
         level = f"c{float(compression):g}" if compression is not None else f"s{float(cfg.pruner.sparsity):g}"
+        if cfg.pruner.name == "imp" and cfg.pruner.get("levels") is not None:
+            level = f"s{round(1.0 - (1.0 - float(cfg.pruner.rate)) ** int(cfg.pruner.levels), 6):g}"
+        if mask_sha256:
+            level = f"m{mask_sha256[:8]}"
         parts = [str(cfg.pruner.name), str(cfg.model.name), str(cfg.dataset.name), level, f"seed{cfg.seed}"]
     except Exception:  # an unresolvable or missing key: the validation reports it properly
         return "run"
@@ -164,7 +170,24 @@ def compute(cfg: DictConfig) -> RunIdentity:
         omegaconf.errors.InterpolationResolutionError: a result-affecting value does not resolve.
     """
     values = identity_values(cfg)
-    return RunIdentity(values, _digest(values), readable_name(cfg))
+    digest = _mask_content(values)
+    return RunIdentity(values, _digest(values), readable_name(cfg, digest))
+
+
+def _mask_content(values: dict[str, Any]) -> str | None:
+    """``pruner=from_file``: put the digest of the masks' content in place of the path (in ``values``) and return
+    it, so that what identifies the run is the mask it applies, not where the file lies. A missing or unreadable
+    file keeps its path (the run's checks then name the problem)."""
+    pruner = values.get("pruner")
+    if not isinstance(pruner, dict) or pruner.get("name") != "from_file" or not isinstance(pruner.get("path"), str):
+        return None
+    from ticketlab.pruners.from_file import mask_digest
+
+    digest = mask_digest(Path(pruner["path"]))
+    if digest is not None:
+        del pruner["path"]
+        pruner["mask_sha256"] = digest
+    return digest
 
 
 def describe_difference(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

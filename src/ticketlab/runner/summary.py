@@ -21,6 +21,7 @@ from ticketlab.errors import NonFiniteError
 from ticketlab.runner.validate import RunConfig
 from ticketlab.sparsity.masks import masked_tensors
 from ticketlab.sparsity.report import sparsity_report
+from ticketlab.sparsity.selection import density_of
 from ticketlab.sparsity.structure import mask_structure
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class Summary:
         best_val_acc, best_val_epoch, test_acc_at_best_val, val_acc: with a validation split only:
             model selection on validation, never on test.
         sparsity, density: measured from the masks over the prunable weights (``None``: non-finite scores).
-        target_sparsity, target_density: ``pruner.sparsity`` and ``1 - pruner.sparsity``.
+        target_sparsity, target_density: the sparsity the run set out to reach and ``1 -`` it:
+            ``pruner.sparsity``, except an IMP level's ``1 - (1 - rate)^level`` and a mask file's own.
         params_total, params_remaining: prunable weights, all and kept.
         params_all: every parameter of the model, unmasked.
         compression_ratio: ``params_total / params_remaining``.
@@ -51,6 +53,8 @@ class Summary:
         seed: the run's seed.
         layer_densities: ``{layer: density}`` measured per prunable layer.
         run_dir: the run folder.
+        target_sparsity: what the method set out to reach (:attr:`ticketlab.pruners.base.Pruner.target_sparsity`;
+            default ``pruner.sparsity``).
         extra: further keys (see the module docstring), written after these.
     """
 
@@ -112,7 +116,7 @@ def _validation(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarize(rc: RunConfig, model: torch.nn.Module, history: list[dict[str, Any]], status: str,
-              wall_s: float, run_dir: Path, extra: dict[str, Any]) -> Summary:
+              wall_s: float, run_dir: Path, extra: dict[str, Any], target_sparsity: float | None = None) -> Summary:
     """Fill a :class:`Summary` from the config, the model's masks and the metric history.
 
     Args:
@@ -134,8 +138,8 @@ def summarize(rc: RunConfig, model: torch.nn.Module, history: list[dict[str, Any
         train_acc=history[-1]["train_acc"] if history else None,
         **_validation(history),
         **_mask_numbers(model),
-        target_sparsity=rc.pruner.sparsity,
-        target_density=rc.pruner.density,
+        target_sparsity=rc.pruner.sparsity if target_sparsity is None else target_sparsity,
+        target_density=rc.pruner.density if target_sparsity is None else density_of(target_sparsity),
         params_all=params_all,
         epochs=history[-1]["epoch"] if history else 0,
         wall_s=wall_s,
