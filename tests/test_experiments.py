@@ -27,6 +27,8 @@ from ticketlab.sweeps.experiments import (
     summary_frame,
 )
 
+from .conftest import compose_cfg
+
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = experiment_names()
 FULL = [n for n in NAMES if not n.endswith("_smoke")]
@@ -182,8 +184,12 @@ def test_smoke_variant_end_to_end(folder, tmp_path):
         df = pd.read_csv(out / "runs.csv")
         assert df["job"].nunique() == n_jobs and (df["status"] == "completed").all()
         table = (out / "table.md").read_text()
-        assert table.startswith(f"## {name}_smoke") and "Runs not completed: 0" in table
+        assert table.startswith(f"## {name}_smoke: smoke run of {name} on ") and "Runs not completed: 0" in table
         assert "(n=" in table
+        # a smoke report shows no paper it was not run against: no paper column, source or notes
+        full = ReportSpec.from_config(compose_cfg(f"experiment={name}"))
+        assert "paper" not in table.split("\n")[4] and "; paper " not in table and "Δ" not in table
+        assert "Differences from the paper" not in table and full.source not in table and full.title not in table
         assert table.strip() in p.stdout.replace("\r", "")
         if folder not in TABLES_ONLY:
             pngs = sorted(x.name for x in (out / "plots").glob("*.png"))

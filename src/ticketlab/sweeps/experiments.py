@@ -88,6 +88,12 @@ class ReportSpec:
     method: str = ""
     baseline: dict[str, Any] = field(default_factory=dict)
     claims: list[Any] = field(default_factory=list)
+    setting: str = ""
+
+    @property
+    def smoke_of(self) -> str:
+        """The full experiment this is a smoke variant of (``""`` for a full experiment)."""
+        return self.name.removesuffix("_smoke") if self.name.endswith("_smoke") else ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -129,6 +135,9 @@ class ReportSpec:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"report.{unknown[0]} is not a report key; allowed: {', '.join(sorted(known))}.")
+        if "setting" not in raw and isinstance(cfg, DictConfig):  # what ran: the smoke report names it
+            sel = {k: OmegaConf.select(cfg, f"{k}.name", default=None) for k in ("model", "dataset", "pruner")}
+            raw["setting"] = f"{sel['model']} on {sel['dataset']}" if sel["model"] and sel["dataset"] else ""
         return cls(**raw)
 
 
@@ -138,8 +147,8 @@ def experiment_names(root: Path = EXPERIMENT_DIR) -> list[str]:
 
 
 def paper_numbers(name: str, root: Path = EXPERIMENT_DIR) -> pd.DataFrame:
-    """The paper's numbers of experiment ``name`` (``<table>.csv`` beside its YAML; smoke variants use
-    their full experiment's file).
+    """The paper's numbers of experiment ``name`` (``<table>.csv`` beside its YAML; none for a smoke variant,
+    which runs another setting than the paper's).
 
     Returns:
         One row per published value: the row/column key columns, ``value`` (the paper's unit: percent for
@@ -149,9 +158,8 @@ def paper_numbers(name: str, root: Path = EXPERIMENT_DIR) -> pd.DataFrame:
     Raises:
         ConfigError: the file lacks ``value`` or ``source``.
     """
-    stem = name[: -len("_smoke")] if name.endswith("_smoke") else name
-    path = root / f"{stem}.csv"
-    if not path.exists():
+    path = root / f"{name}.csv"
+    if name.endswith("_smoke") or not path.exists():
         return pd.DataFrame(columns=["value", "std", "source"])
     df = pd.read_csv(path, comment="#", dtype=str, keep_default_na=False)
     for col in ("value", "source"):
@@ -367,7 +375,9 @@ def summary_frame(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> pd
         col = labels[spec.cols[0]] if spec.cols else None
         p, ps = _paper(paper, row, col, spec.cols[0] if spec.cols else None)
         density = _stats(g["density"])[0] if "density" in g else math.nan
-        cells.append({**labels, "density": density, "mean": mean * scale, "std": std * scale, "n": n,
+        target = _stats(g["target_density"])[0] if "target_density" in g else math.nan
+        cells.append({**labels, "density": density, "target_density": target, "mean": mean * scale,
+                      "std": std * scale, "n": n,
                       "paper": p, "paper_std": ps, "diff": mean * scale - p})
     return pd.DataFrame(cells)
 
@@ -423,6 +433,8 @@ def _collapse_table(cells: pd.DataFrame, spec: ReportSpec) -> str:
                       "paper": [_num(p) + ("" if math.isnan(s) else f" ± {s:.2f}")
                                 for p, s in zip(cells["paper"], cells["paper_std"], strict=True)],
                       "Δ": cells["diff"].map(_num)})
+    if cells["paper"].isna().all():  # no paper number for this setting (a smoke run): no paper column
+        t = t.drop(columns=["paper", "Δ"])
     return _md(t)
 
 
@@ -495,10 +507,17 @@ def markdown_table(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> s
     cells = summary_frame(df, spec, paper)
     unit = "compression exponent x (density 10^-x)" if spec.kind == "collapse" else \
         f"{spec.metric}{' (%)' if spec.percent else ''}"
-    out = [f"## {spec.name}: {spec.title}", "", f"Source: {spec.source}. Values: {unit}; ours is mean ± std "
-           "(sample std, ddof 1) over seeds with n; Δ = ours − paper"
-           + ("; \"vs baseline\": the paired difference to the baseline row by seed, with its 95 % t interval"
-              if spec.baseline else "") + ".", ""]
+    versus = ("; \"vs baseline\": the paired difference to the baseline row by seed, with its 95 % t interval"
+              if spec.baseline else "")
+    if spec.smoke_of:
+        out = [f"## {spec.name}: smoke run of {spec.smoke_of}" + (f" on {spec.setting}" if spec.setting else ""), "",
+               f"A reduced CPU check that {spec.smoke_of}'s code path runs end to end"
+               + (f" ({spec.setting}, a small grid)" if spec.setting else "") + ", not the paper's setting: "
+               f"its numbers say nothing about the paper's claims, and no paper numbers are shown. "
+               f"Values: {unit}; mean ± std (sample std, ddof 1) over seeds with n{versus}.", ""]
+    else:
+        out = [f"## {spec.name}: {spec.title}", "", f"Source: {spec.source}. Values: {unit}; ours is mean ± std "
+               f"(sample std, ddof 1) over seeds with n; Δ = ours − paper{versus}.", ""]
     if cells.empty:
         out.append("No completed run yet.")
     elif spec.kind == "collapse":
@@ -511,7 +530,7 @@ def markdown_table(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> s
     if not spec.claims:
         out += row_difference_lines(df, spec)
     out += _not_completed_lines(df)
-    if spec.notes:
+    if spec.notes and not spec.smoke_of:
         out += ["", "Differences from the paper:", *[f"- {n}" for n in spec.notes]]
     return "\n".join(out) + "\n"
 

@@ -1,14 +1,20 @@
 """The figures of an experiment (matplotlib, each as PNG and PDF), from the tidy table of
 :func:`ticketlab.sweeps.experiments.collect`.
 
-* ``accuracy_vs_density``: the metric against density (log axis), one line per table row (method) with its
-  std band, the paper's points overlaid (Ramanujan et al. 2020, Fig. 2; Tanaka et al. 2020, Fig. 6 style);
+* ``accuracy_vs_density``: the metric against the configured density (log axis), one line per table row
+  (method) with its std band, the paper's points overlaid (Ramanujan et al. 2020, Fig. 2; Tanaka et al. 2020,
+  Fig. 6 style); the measured density is in the table and ``runs.csv``;
 * ``layer_density``: per-layer density bars per method at one density (Tanaka et al. 2020, Fig. 3 style);
+  layers pruned to nothing are drawn at zero and marked "empty";
 * ``effective_sparsity``: nominal vs effective sparsity (weights cut off every input-output path count as
   removed; Vysogorets & Kempe 2023, "Connectivity Matters");
 * ``mask_diversity``: Jaccard similarity of the masks of every pair of runs at one density (a heat map, the
   pairwise view of ``scripts/compare_masks.py``);
 * ``layer_collapse`` (``kind=collapse``): fraction of runs with an empty layer against the compression exponent.
+
+Axes are fixed by the experiment, not zoomed to the data, so two plots of one sweep compare: the density axis
+spans the decades of the configured densities up to 1, accuracies 0-100 % (0-1), densities and similarities
+0-1. Legends name methods by value and other row keys by their last component (``rate=0.1``).
 
 Every function returns the paths it wrote (none when the table holds nothing to plot).
 """
@@ -42,9 +48,21 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
 
 
 def _label(key: Any, spec: ReportSpec) -> str:
-    """``conv4, init.scale_fan=True``: values of ``*.name`` keys alone, others as ``key=value``."""
+    """``conv4, scale_fan=True``: values of ``*.name`` keys alone, others as ``<last part of the key>=value``
+    (the full key where two row keys end alike)."""
     values = key if isinstance(key, tuple) else (key,)
-    return ", ".join(str(v) if k.endswith(".name") else f"{k}={v}" for k, v in zip(spec.rows, values, strict=True))
+    short = [k.rsplit(".", 1)[-1] for k in spec.rows]
+    names = [s if short.count(s) == 1 else k for k, s in zip(spec.rows, short, strict=True)]
+    return ", ".join(str(v) if k.endswith(".name") else f"{n}={v}"
+                     for k, n, v in zip(spec.rows, names, values, strict=True))
+
+
+def _density_limits(df: pd.DataFrame) -> tuple[float, float]:
+    """The x range of a density axis: whole decades around every configured density of the sweep, up to 1."""
+    t = pd.to_numeric(df.get("target_density", pd.Series(dtype=float)), errors="coerce")
+    t = t[t > 0]
+    lo = 10 ** math.floor(math.log10(float(t.min()))) if not t.empty else 1e-3
+    return (lo if lo < 1 else 0.1), 1.0
 
 
 def _row_label(r: pd.Series, spec: ReportSpec) -> str:
@@ -56,27 +74,31 @@ def _completed(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_vs_density(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Mean metric (± std band) against measured density, log x axis; the paper's values as open markers
-    where the paper's rows give a sparsity, density or level column."""
+    """Mean metric (± std band) against the configured density, log x axis; the paper's values as open
+    markers where the paper's rows give a sparsity, density or level column. Plotting against the measured
+    density would let a one-weight difference move a point; that density is in the table instead."""
     if spec.kind == "collapse":
         return []
     cells = summary_frame(df, spec, paper)
-    if cells.empty or "density" not in cells or cells["density"].isna().all():
+    x = "target_density" if "target_density" in cells and cells["target_density"].notna().any() else "density"
+    if cells.empty or x not in cells or cells[x].isna().all():
         return []
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, g in cells.groupby(spec.rows, sort=False):
         label = _label(label, spec)
-        g = g.sort_values("density")
-        line, = ax.plot(g["density"], g["mean"], marker="o", label=f"ours: {label}")
+        g = g.sort_values(x)
+        line, = ax.plot(g[x], g["mean"], marker="o", label=f"ours: {label}")
         if g["std"].notna().any():
-            ax.fill_between(g["density"], g["mean"] - g["std"].fillna(0), g["mean"] + g["std"].fillna(0),
+            ax.fill_between(g[x], g["mean"] - g["std"].fillna(0), g["mean"] + g["std"].fillna(0),
                             color=line.get_color(), alpha=0.2)
         p = g.dropna(subset=["paper"])
         if not p.empty:
-            ax.plot(p["density"], p["paper"], linestyle="none", marker="s", markerfacecolor="none",
+            ax.plot(p[x], p["paper"], linestyle="none", marker="s", markerfacecolor="none",
                     color=line.get_color(), label=f"paper: {label}")
     ax.set_xscale("log")
-    ax.set_xlabel("density (fraction of weights kept, log scale)")
+    ax.set_xlim(*_density_limits(df))
+    ax.set_ylim(0, 100 if spec.percent else 1)
+    ax.set_xlabel("density (fraction of weights kept, as configured; log scale)")
     ax.set_ylabel(f"{spec.metric} (%)" if spec.percent else spec.metric)
     ax.set_title(spec.name, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
@@ -113,13 +135,23 @@ def layer_density(df: pd.DataFrame, spec: ReportSpec, out_dir: Path) -> list[Pat
     layers = list(dict.fromkeys(layer for v in per.values() for layer in v))
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(layers) * max(1, len(per)) / 2), 4))
     width = 0.8 / len(per)
+    floor = 1e-4  # the symlog axis is linear below this, so a layer at density 0 stays on the plot
     for i, (label, d) in enumerate(per.items()):
         xs = [j + i * width for j in range(len(layers))]
-        ax.bar(xs, [sum(d.get(layer, [math.nan])) / len(d.get(layer, [1])) for layer in layers], width, label=label)
+        heights = [sum(d.get(layer, [math.nan])) / len(d.get(layer, [1])) for layer in layers]
+        bars = ax.bar(xs, heights, width, label=label)
+        empty = [x for x, h in zip(xs, heights, strict=True) if h == 0]
+        if empty:  # pruned to nothing: the layers that matter most in a collapse plot
+            ax.plot(empty, [floor / 2] * len(empty), linestyle="none", marker="x", markersize=7,
+                    color=bars.patches[0].get_facecolor())
+            for x in empty:
+                ax.annotate("empty", (x, floor / 2), textcoords="offset points", xytext=(0, 6), ha="center",
+                            fontsize=5, rotation=90)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))])
     ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=6)
-    ax.set_yscale("log")
-    ax.set_ylabel("layer density (log scale)")
+    ax.set_yscale("symlog", linthresh=floor)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"layer density (log scale above {floor:g}; 0 = empty layer)")
     target = ok["target_density"].mean() if "target_density" in ok else math.nan
     ax.set_title(f"{spec.name}: per-layer density at overall density {target:.3g}", fontsize=9)
     ax.legend(fontsize=7)
@@ -135,8 +167,9 @@ def effective_sparsity(df: pd.DataFrame, spec: ReportSpec, out_dir: Path) -> lis
     for label, g in ok.groupby(spec.rows, sort=False):
         label = _label(label, spec)
         ax.plot(g["sparsity"], g["effective_sparsity"], linestyle="none", marker="o", alpha=0.7, label=label)
-    lo = float(min(ok["sparsity"].min(), ok["effective_sparsity"].min()))
-    ax.plot([lo, 1], [lo, 1], color="grey", linewidth=0.8, linestyle="--")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
     ax.set_xlabel("nominal sparsity (fraction removed)")
     ax.set_ylabel("effective sparsity")
     ax.set_title(f"{spec.name}: nominal vs effective sparsity", fontsize=9)
@@ -160,7 +193,7 @@ def mask_diversity(df: pd.DataFrame, spec: ReportSpec, out_dir: Path, max_runs: 
         return []
     masks = []
     for _, path in runs:
-        saved = torch.load(path, weights_only=False, map_location="cpu")
+        saved = torch.load(path, weights_only=True, map_location="cpu")  # a plain dict of tensors: no code runs
         masks.append(saved.get("masks", {}) if isinstance(saved, dict) else {})
     n = len(runs)
     sim = [[1.0] * n for _ in range(n)]
@@ -195,6 +228,7 @@ def layer_collapse(df: pd.DataFrame, spec: ReportSpec, out_dir: Path) -> list[Pa
         ax.plot(m.index, m.values, marker="o", label=label)
     ax.set_xlabel("compression exponent x (density 10^-x)")
     ax.set_ylabel("fraction of runs with an empty layer")
+    ax.set_ylim(-0.05, 1.05)
     ax.set_title(f"{spec.name}: layer collapse", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, out_dir, "layer_collapse")
