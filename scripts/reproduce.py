@@ -47,13 +47,14 @@ from ticketlab.errors import ConfigError
 from ticketlab.files import atomic_write_bytes, read_json
 from ticketlab.runner.identity import compute, runs_root
 from ticketlab.sweeps.claims import summary_markdown
-from ticketlab.sweeps.comparisons import check_arms
+from ticketlab.sweeps.comparisons import check_arms, planned_jobs
 from ticketlab.sweeps.experiments import (
     ReportSpec,
     collect,
     evaluate_claims,
     experiment_names,
     markdown_table,
+    missing_cells,
     not_completed,
     paper_numbers,
 )
@@ -64,17 +65,20 @@ resolvers.register()  # every schema and resolver, before an experiment config i
 CONF = ROOT / "conf"
 
 
+def config_only(overrides: list[str]) -> list[str]:
+    """The overrides that set one value: not launcher settings (``hydra.*``) and not swept values."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+
+
 def sweep_dir_of(name: str, overrides: list[str]) -> tuple[Path, ReportSpec]:
     """The experiment's sweep folder and its report spec (composes the config, nothing runs).
 
     Raises:
         ConfigError: the experiment has no ``report:`` block or a bad one.
     """
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    # values that do not change the folder or the layout: launcher settings and swept values (any of them)
-    config_only = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=[f"experiment={name}", *config_only])
+        cfg = compose("config", overrides=[f"experiment={name}", *config_only(overrides)])
     spec = ReportSpec.from_config(cfg)
     return Path(str(cfg.paths.output_dir)).resolve() / "experiments" / name, spec
 
@@ -91,10 +95,18 @@ def run_folder(name: str, overrides: list[str]) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def report(name: str, sweep_dir: Path, spec: ReportSpec, wall_s: float | None = None, plots: bool = True) -> str:
+def report(name: str, sweep_dir: Path, spec: ReportSpec, wall_s: float | None = None, plots: bool = True,
+           overrides: list[str] | None = None, report_only: bool = False) -> tuple[str, tuple[int, int]]:
     """Write ``runs.csv``, ``table.md``, the plots and (with claims) ``claims.json`` in ``sweep_dir``; return
-    the table's Markdown. ``wall_s``: this launch's wall time, recorded in ``claims.json``."""
-    df = collect(sweep_dir, spec, locate=lambda overrides: run_folder(name, overrides))
+    the table's Markdown and ``(missing cells, runs not completed)``. ``wall_s``: this
+    launch's wall time, recorded in ``claims.json``. With ``report_only`` every job of the experiment's grid is
+    looked for by its identity folder, so runs started by hand with the same settings are tabulated too."""
+    planned = None
+    if report_only:
+        fixed = config_only(overrides or [])
+        planned = [[*fixed, *job] for job in planned_jobs(name, fixed, one_seed=False)[0]["overrides"]]
+    df = collect(sweep_dir, spec, locate=lambda over: run_folder(name, over), planned=planned)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(sweep_dir / "runs.csv", index=False)
     if spec.claims:
         run_wall = float(pd.to_numeric(df.get("wall_s"), errors="coerce").sum()) if "wall_s" in df else 0.0
@@ -109,7 +121,8 @@ def report(name: str, sweep_dir: Path, spec: ReportSpec, wall_s: float | None = 
     plots = all_plots(df, spec, paper, sweep_dir / "plots") if plots else []
     text += "\nFiles: " + ", ".join(str(p.relative_to(sweep_dir)) for p in [sweep_dir / "runs.csv", *plots]) + "\n"
     atomic_write_bytes(sweep_dir / "table.md", text.encode())
-    return text
+    gaps = len(missing_cells(df, spec)) if spec.kind != "collapse" else 0
+    return text, (gaps, len(not_completed(df)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="run the experiment's CPU smoke variant")
     parser.add_argument("--report-only", action="store_true", help="do not launch; tabulate what exists")
     parser.add_argument("--no-plots", action="store_true", help="tables only (runs.csv, table.md, claims.json)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="exit 0 even when table cells are missing or runs did not complete")
     parser.add_argument("--list", action="store_true", help="list the experiments")
     args, overrides = parser.parse_known_args(argv)
     names = experiment_names()
@@ -129,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.experiment.removesuffix("/")
     group = [n for n in names if n.startswith(folder + "/") and n.endswith("_smoke") == args.smoke]
     if group and folder + ("_smoke" if args.smoke else "") not in names:
-        return run_group(folder, group, overrides, args.report_only, not args.no_plots)
+        return run_group(folder, group, overrides, args.report_only, not args.no_plots, args.allow_partial)
     name = args.experiment.removesuffix(".yaml") + ("_smoke" if args.smoke else "")
     if name not in names:
         full = [n for n in names if not n.endswith("_smoke")]
@@ -141,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, HydraException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return run_one(name, sweep_dir, spec, overrides, args.report_only, not args.no_plots)
+    return run_one(name, sweep_dir, spec, overrides, args.report_only, not args.no_plots, args.allow_partial)
 
 
 def run_one(name: str, sweep_dir: Path, spec: ReportSpec, overrides: list[str], report_only: bool,
-            plots: bool = True) -> int:
+            plots: bool = True, allow_partial: bool = False) -> int:
     """Check a claims experiment's arms, run its sweep (unless ``report_only``) and report it; the exit status."""
     start = time.monotonic()
     code = 0
@@ -170,16 +185,22 @@ def run_one(name: str, sweep_dir: Path, spec: ReportSpec, overrides: list[str], 
             print(f"error: the sweep exited with {code}; no table written", file=sys.stderr)
             return code
     try:
-        text = report(name, sweep_dir, spec, wall_s=None if report_only else time.monotonic() - start, plots=plots)
+        text, gaps = report(name, sweep_dir, spec, wall_s=None if report_only else time.monotonic() - start,
+                            plots=plots, overrides=overrides, report_only=report_only)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(text)
     print(f"table, runs.csv and plots in {sweep_dir}")
+    if any(gaps) and not allow_partial:
+        print(f"{name}: the table is partial ({gaps[0]} missing cell(s), {gaps[1]} run(s) not completed; listed "
+              "above); exit 1 (--allow-partial accepts a partial table)", file=sys.stderr)
+        return max(code, 1)
     return code
 
 
-def run_group(folder: str, names: list[str], overrides: list[str], report_only: bool, plots: bool = True) -> int:
+def run_group(folder: str, names: list[str], overrides: list[str], report_only: bool, plots: bool = True,
+              allow_partial: bool = False) -> int:
     """Run (or, with ``report_only``, tabulate) every experiment of ``folder`` in turn, then write
     ``<output_dir>/experiments/<folder>/summary.md``; the worst exit status of its experiments."""
     start = time.monotonic()
@@ -193,7 +214,7 @@ def run_group(folder: str, names: list[str], overrides: list[str], report_only: 
             continue
         out_dir = sweep_dir.parent
         print(f"=== {name}", flush=True)
-        codes.append(run_one(name, sweep_dir, spec, overrides, report_only, plots))
+        codes.append(run_one(name, sweep_dir, spec, overrides, report_only, plots, allow_partial))
         record = sweep_dir / "claims.json"
         if record.exists():
             records.append(json.loads(record.read_text()))

@@ -216,3 +216,41 @@ def test_reproduce_refuses_an_unknown_experiment(tmp_path):
     assert p.returncode == 2 and "no experiment 'edge_popup/nope'" in p.stderr and "synflow/layer_collapse" in p.stderr
     assert not (tmp_path / "outputs").exists()
 
+
+
+@pytest.mark.slow
+def test_report_only_finds_runs_started_by_hand_and_shows_missing_cells(tmp_path):
+    """Runs started with train.py (no sweep) are tabulated by their settings; the grid points nobody ran read
+    `missing`, are listed, and make the command exit 1 unless --allow-partial."""
+    env = {**os.environ, "TICKETLAB_OUTPUTS": str(tmp_path / "outputs"), "WANDB_MODE": "disabled"}
+    for s in ("0.5", "0.9"):
+        r = subprocess.run([sys.executable, "train.py", "experiment=edge_popup/conv_cifar10_smoke", "model=conv2",
+                            "init=signed_constant", "init.scale_fan=false", f"pruner.sparsity={s}", "seed=0",
+                            "logger=none", "trainer.progress=false"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    p = _run_reproduce(["edge_popup/conv_cifar10", "--smoke", "--report-only", "--no-plots"], tmp_path)
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    table = (tmp_path / "outputs" / "experiments" / "edge_popup/conv_cifar10_smoke" / "table.md").read_text()
+    rows = {ln.split("|")[3].strip(): ln for ln in table.splitlines() if ln.startswith("| conv2")}
+    assert "(n=1)" in rows["False"] and rows["True"].count(" missing ") == 2
+    assert "Missing cells: 2" in table and "init.scale_fan=True, pruner.sparsity=0.9" in table
+    assert "the table is partial (2 missing cell(s)" in p.stderr
+    again = _run_reproduce(["edge_popup/conv_cifar10", "--smoke", "--report-only", "--no-plots", "--allow-partial"],
+                           tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_partial_evaluation_is_marked_in_summary_log_and_table(tmp_path):
+    """trainer.limit_eval_batches evaluates part of the test set: the run says so everywhere it reports."""
+    p = _run_reproduce(["edge_popup/conv_cifar10", "--smoke", "--no-plots",
+                        "trainer.limit_eval_batches=1", "dataset.eval_batch_size=50"], tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    out = tmp_path / "outputs" / "experiments" / "edge_popup/conv_cifar10_smoke"
+    table = (out / "table.md").read_text()
+    assert "Partial evaluation: 4 run(s)" in table and table.count("†") >= 4
+    run_dir = Path(pd.read_csv(out / "runs.csv")["run_dir"].iloc[0])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["partial_eval"] is True and summary["test_images_evaluated"] == 50
+    assert "partial evaluation: 50 test images" in (run_dir / "train.log").read_text()

@@ -199,6 +199,18 @@ def run_attempt(job: Job, ident: RunIdentity, group: str | None, ckpt: dict[str,
     return summary
 
 
+def evaluated_share(job: Job) -> dict[str, Any]:
+    """``{"test_images_evaluated", "partial_eval"}``: how many test images the reported accuracies are on, and
+    whether that is part of the test set (``trainer.limit_eval_batches`` below the test set's batches)."""
+    data, limit = job.trainer.data, job.rc.trainer.limit_eval_batches
+    n = int(data.num_test)
+    batches = len(data.test) if hasattr(data.test, "__len__") else None
+    if not limit or batches is None or limit >= batches:
+        return {"test_images_evaluated": n, "partial_eval": False}
+    size = getattr(data.test, "batch_size", None) or -(-n // batches)
+    return {"test_images_evaluated": min(n, limit * size), "partial_eval": True}
+
+
 def finish(job: Job, ident: RunIdentity, status: str, outcome: dict[str, Any], warnings: list[str], wall_s: float,
            attempt: int, tracker: Tracker, runlog: RunLog | None) -> dict[str, Any]:
     """Write the summary, the masks and the attempt record (rank 0); report; never raise over the run's
@@ -216,7 +228,8 @@ def finish(job: Job, ident: RunIdentity, status: str, outcome: dict[str, Any], w
             log.error("could not %s (%s: %s)", what, type(e).__name__, e)
             return None
 
-    extra = {"run_id": ident.digest, "run_name": ident.name, "attempts": attempt, "warnings": warnings, **outcome}
+    extra = {"run_id": ident.digest, "run_name": ident.name, "attempts": attempt, "warnings": warnings, **outcome,
+             **evaluated_share(job)}
     extra.update(attempt_to("collect the method's facts", job.pruner.summary) or {})
     if status != "diverged":
         extra.update(attempt_to("compute mask-structure metrics", structure_summary, model,
@@ -250,9 +263,11 @@ def report(summary: dict[str, Any], run_dir: Path) -> None:
     """One log line saying how the run ended and where its results are."""
     status = summary.get("status")
     if status == "completed":
-        log.info("done: test_acc %s | sparsity %s (density %s, %s of %s prunable weights kept) | %.1f s | "
+        partial = (f" (partial evaluation: {summary.get('test_images_evaluated')} test images, "
+                   "trainer.limit_eval_batches)") if summary.get("partial_eval") else ""
+        log.info("done: test_acc %s%s | sparsity %s (density %s, %s of %s prunable weights kept) | %.1f s | "
                  "run folder %s",
-                 _fmt(summary.get("test_acc")), _fmt(summary.get("sparsity")), _fmt(summary.get("density")),
+                 _fmt(summary.get("test_acc")), partial, _fmt(summary.get("sparsity")), _fmt(summary.get("density")),
                  summary.get("params_remaining"), summary.get("params_total"), summary.get("wall_s") or 0.0, run_dir)
     elif status == "diverged":
         log.error("diverged: %s Summary: %s", summary["diverged"]["message"], run_dir / rundir.SUMMARY)

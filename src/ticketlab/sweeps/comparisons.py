@@ -114,7 +114,8 @@ def planned_jobs(name: str, overrides: Iterable[str] = (), conf_dir: Path | None
 
     Returns:
         ``(jobs, configs, spec)``: one row per job with a column per report key and claim key (values as
-        the runs' table writes them) and ``seed``; ``configs[i]`` is job ``i``'s composed config (as
+        the runs' table writes them), ``seed`` and ``overrides`` (the job's swept values, a list);
+        ``configs[i]`` is job ``i``'s composed config (as
         ``train.py`` would receive it); the experiment's :class:`~ticketlab.sweeps.experiments.ReportSpec`.
 
     Raises:
@@ -150,7 +151,7 @@ def planned_jobs(name: str, overrides: Iterable[str] = (), conf_dir: Path | None
             flat = flat_config(cfg)
             configs.append(cfg)
             rows.append({**{k: label(flat.get(k)) for k in keys if k != "level"}, "seed": label(flat.get("seed")),
-                         "status": "completed", "job": len(rows)})
+                         "status": "completed", "job": len(rows), "overrides": job})
     GlobalHydra.instance().clear()
     return pd.DataFrame(rows), configs, spec
 

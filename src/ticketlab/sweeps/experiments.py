@@ -45,6 +45,7 @@ METRICS = ("test_acc", "best_test_acc", "test_acc_at_best_val")
 SUMMARY_FIELDS = ("status", "test_acc", "best_test_acc", "test_acc_at_best_val", "best_val_acc", "train_acc",
                   "sparsity", "density", "target_sparsity", "target_density", "effective_sparsity",
                   "effective_density", "compression_ratio", "params_remaining", "params_total", "epochs", "wall_s",
+                  "partial_eval", "test_images_evaluated",
                   "model", "dataset", "pruner", "init", "seed", "run_dir", "reason")
 
 
@@ -184,10 +185,14 @@ def _select(cfg: dict[str, Any], key: str) -> Any:
 
 
 def _overrides(items: list[str]) -> dict[str, str]:
+    """``{key: value}`` of ``key=value`` overrides; a group choice ``pruner=snip`` also gives ``pruner.name``."""
     out = {}
     for o in items or []:
         k, _, v = o.partition("=")
-        out[k.lstrip("+~")] = v
+        k = k.lstrip("+~")
+        out[k] = v
+        if "." not in k and "/" not in k and k != "seed":
+            out.setdefault(f"{k}.name", v)
     return out
 
 
@@ -224,7 +229,8 @@ def _run_rows(run_dir: Path, keys: list[str], base: dict[str, Any]) -> list[dict
 
 
 def collect(sweep_dir: Path, spec: ReportSpec,
-            locate: Callable[[list[str]], Path | None] | None = None) -> pd.DataFrame:
+            locate: Callable[[list[str]], Path | None] | None = None,
+            planned: list[list[str]] | None = None) -> pd.DataFrame:
     """Every job of a sweep as tidy rows (one per run, one per IMP level).
 
     Args:
@@ -232,6 +238,10 @@ def collect(sweep_dir: Path, spec: ReportSpec,
         spec: the layout, for the key columns.
         locate: finds the run folder of a job that left no record (a sweep still running, or killed) from
             its overrides, so that its finished part (e.g. IMP levels) is tabulated too.
+        planned: every job of the experiment's grid, as its swept overrides (``--report-only``). A planned job
+            that no record covers is looked up with ``locate`` (a run started by hand with the same settings
+            is found by its identity folder) and is otherwise a row with status ``missing``; with ``planned``,
+            a sweep folder without records is no error.
 
     Returns:
         Columns: ``job``, ``status`` (the run's own status when it wrote a summary, else the job's:
@@ -239,7 +249,7 @@ def collect(sweep_dir: Path, spec: ReportSpec,
         key, ``level``, the :data:`SUMMARY_FIELDS`, ``empty_layers`` and ``layer_densities`` (JSON).
 
     Raises:
-        FileNotFoundError: ``sweep_dir`` has neither ``report.json`` nor job records.
+        FileNotFoundError: ``sweep_dir`` has neither ``report.json`` nor job records, and nothing is ``planned``.
     """
     report = read_json(sweep_dir / "report.json")
     jobs = report.get("jobs") if isinstance(report, dict) else None
@@ -248,6 +258,11 @@ def collect(sweep_dir: Path, spec: ReportSpec,
 
         expected = sweep._expected_jobs(OmegaConf.load(sweep_dir / "multirun.yaml"))
         jobs = sweep.report(sweep_dir, expected)[2] if expected else sweep.read_jobs(sweep_dir)
+    jobs = list(jobs or [])
+    for over in planned or []:  # grid points no record covers: found by identity, or missing
+        if not any(set(over) <= set(j.get("overrides") or []) for j in jobs):
+            jobs.append({"num": f"p{len(jobs)}", "overrides": list(over), "status": "no record",
+                         "reason": "no sweep record; looked up by its identity folder"})
     if not jobs:
         raise FileNotFoundError(f"{sweep_dir} holds no sweep report or job records; run the sweep first.")
     keys = spec.keys()
@@ -263,6 +278,8 @@ def collect(sweep_dir: Path, spec: ReportSpec,
         if run_dir is not None and run_dir.is_dir():
             rows.extend(_run_rows(run_dir, keys, base))
         else:
+            if base["status"] == "no record":
+                base.update(status="missing", reason="no run folder with these settings")
             rows.append({**base, "level": None})
     df = pd.DataFrame(rows)
     for k in keys:
@@ -376,8 +393,9 @@ def summary_frame(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> pd
         p, ps = _paper(paper, row, col, spec.cols[0] if spec.cols else None)
         density = _stats(g["density"])[0] if "density" in g else math.nan
         target = _stats(g["target_density"])[0] if "target_density" in g else math.nan
+        partial = bool(g["partial_eval"].fillna(False).astype(bool).any()) if "partial_eval" in g else False
         cells.append({**labels, "density": density, "target_density": target, "mean": mean * scale,
-                      "std": std * scale, "n": n,
+                      "std": std * scale, "n": n, "partial_eval": partial,
                       "paper": p, "paper_std": ps, "diff": mean * scale - p})
     return pd.DataFrame(cells)
 
@@ -443,7 +461,8 @@ def _cell_text(c: pd.DataFrame, spec: ReportSpec) -> str:
     if c.empty:
         return "—"
     r = c.iloc[0]
-    text = _fmt(r["mean"] / 100 if spec.percent else r["mean"], r["std"] / 100 if spec.percent
+    mark = "†" if bool(r.get("partial_eval", False)) else ""
+    text = mark + _fmt(r["mean"] / 100 if spec.percent else r["mean"], r["std"] / 100 if spec.percent
                 else r["std"], int(r["n"]), spec.percent)
     if not math.isnan(r["paper"]):
         text += f"; paper {r['paper']:.2f}; Δ {r['diff']:+.2f}"
@@ -451,26 +470,62 @@ def _cell_text(c: pd.DataFrame, spec: ReportSpec) -> str:
 
 
 def _grid_table(cells: pd.DataFrame, spec: ReportSpec, df: pd.DataFrame | None = None) -> str:
-    """Rows by ``spec.rows``, one column per value of ``spec.cols[0]`` (IMP levels: ``L<k>``)."""
+    """Rows by ``spec.rows``, one column per value of ``spec.cols[0]`` (IMP levels: ``L<k>``). Every row and
+    column of the grid that ``df`` plans is shown; a cell without a completed run reads ``missing``."""
     col = spec.cols[0] if spec.cols else None
-    rows_labels = cells[spec.rows].drop_duplicates()
+    grid = _grid_points(df, spec) if df is not None else None
+    rows_labels = (grid if grid is not None and not grid.empty else cells)[spec.rows].drop_duplicates()
     table = []
-    col_values = list(dict.fromkeys(cells[col])) if col else [None]
+    source = grid if grid is not None and not grid.empty else cells
+    col_values = [v for v in dict.fromkeys(source[col]) if isinstance(v, str) and v] if col else [None]
     for _, rl in rows_labels.iterrows():
         rec = {k: rl[k] for k in spec.rows}
         for cv in col_values:
-            m = (cells[spec.rows] == rl[spec.rows]).all(axis=1)
-            if col:
+            m = (cells[spec.rows] == rl[spec.rows]).all(axis=1) if not cells.empty else pd.Series(dtype=bool)
+            if col and not cells.empty:
                 m &= cells[col] == cv
-            c = cells[m]
+            c = cells[m] if not cells.empty else cells
             head = (f"L{cv}" if col == "level" else f"{col}={cv}") if col else spec.metric
             if col == "level" and len(rows_labels) == 1 and not c.empty and not math.isnan(c["density"].iloc[0]):
                 head = f"L{cv} (d={c['density'].iloc[0]:.3f})"
-            rec[head] = _cell_text(c, spec)
+            rec[head] = _cell_text(c, spec) if not c.empty else MISSING
             if spec.baseline and df is not None and not c.empty:
                 rec[head] += versus_baseline(df, spec, {k: rl[k] for k in spec.rows}, col, cv)
         table.append(rec)
     return _md(pd.DataFrame(table))
+
+
+#: What a table cell without any completed run reads.
+MISSING = "missing"
+
+
+def _grid_points(df: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
+    """The grid's row (and column) labels of every job in ``df``, completed or not (levels: as strings)."""
+    keys = [k for k in [*spec.rows, *spec.cols] if k in df.columns]
+    if df.empty or len(keys) < len(spec.rows) + len(spec.cols):
+        return pd.DataFrame(columns=[*spec.rows, *spec.cols])
+    g = df[keys].copy()
+    if "level" in g:
+        g["level"] = g["level"].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
+                                    else str(int(v)))
+    return g.dropna(subset=list(spec.rows))
+
+
+def missing_cells(df: pd.DataFrame, spec: ReportSpec) -> list[str]:
+    """The grid cells (``row keys [| column]``) of ``df``'s jobs without any completed run: a table with them is
+    partial (``reproduce.py`` then exits 1 unless ``--allow-partial``)."""
+    grid = _grid_points(df, spec)
+    ok = _grid_points(completed(df), spec) if not df.empty else grid
+    done = {tuple(r) for r in ok.itertuples(index=False)}
+    out = []
+    for r in grid.drop_duplicates().itertuples(index=False):
+        if spec.cols and spec.cols[0] == "level" and r[-1] == "":  # an IMP run's own row, not a level:
+            if not any(d[:-1] == tuple(r)[:-1] for d in done):  # missing only when no level of it completed
+                out.append(", ".join(f"{k}={v}" for k, v in zip(spec.rows, r[:-1], strict=True)) + ", every level")
+            continue
+        if tuple(r) not in done:
+            out.append(", ".join(f"{k}={v}" for k, v in zip([*spec.rows, *spec.cols], r, strict=True)))
+    return out
 
 
 def _levels_notes(cells: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> list[str]:
@@ -510,6 +565,12 @@ def markdown_table(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> s
     versus = ("; \"vs baseline\": the paired difference to the baseline row by seed, with its 95 % t interval"
               if spec.baseline else "")
     if spec.smoke_of:
+        ran = completed(df)
+        if not ran.empty and {"model", "dataset"} <= set(ran.columns):  # what the runs themselves say
+            pairs = ran[["model", "dataset"]].dropna().drop_duplicates()
+            if not pairs.empty:
+                spec = dataclasses.replace(spec, setting="; ".join(f"{m} on {d}" for m, d in pairs.itertuples(
+                    index=False)))
         out = [f"## {spec.name}: smoke run of {spec.smoke_of}" + (f" on {spec.setting}" if spec.setting else ""), "",
                f"A reduced CPU check that {spec.smoke_of}'s code path runs end to end"
                + (f" ({spec.setting}, a small grid)" if spec.setting else "") + ", not the paper's setting: "
@@ -529,11 +590,20 @@ def markdown_table(df: pd.DataFrame, spec: ReportSpec, paper: pd.DataFrame) -> s
     out += claims_markdown(evaluate_claims(df, spec), spec.percent)
     if not spec.claims:
         out += row_difference_lines(df, spec)
+    gaps = missing_cells(df, spec) if spec.kind != "collapse" else []
+    if gaps:
+        out += ["", f"Missing cells: {len(gaps)} (no completed run; this table is partial)",
+                *[f"- {g}" for g in gaps]]
+    partial = df[df["partial_eval"].fillna(False).astype(bool)] if "partial_eval" in df.columns else df.iloc[0:0]
+    if not partial.empty:
+        out += ["", f"Partial evaluation: {len(partial)} run(s) were evaluated on part of the test set "
+                "(trainer.limit_eval_batches); their cells are marked †."]
     out += _not_completed_lines(df)
     if spec.notes and not spec.smoke_of:
         out += ["", "Differences from the paper:", *[f"- {n}" for n in spec.notes]]
     return "\n".join(out) + "\n"
 
 
-__all__ = ["EXPERIMENT_DIR", "KINDS", "METRICS", "ReportSpec", "collect", "critical_compression", "evaluate_claims",
-           "experiment_names", "markdown_table", "matching_level", "not_completed", "paper_numbers", "summary_frame"]
+__all__ = ["EXPERIMENT_DIR", "KINDS", "METRICS", "MISSING", "ReportSpec", "collect", "critical_compression",
+           "evaluate_claims", "experiment_names", "markdown_table", "matching_level", "missing_cells", "not_completed",
+           "paper_numbers", "summary_frame"]
