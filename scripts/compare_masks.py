@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         path = run / "masks.pt"
         if not path.exists():
             parser.error(f"{path} does not exist (every TicketLab run writes masks.pt at its end)")
-        loaded[run] = torch.load(path, weights_only=False)
+        loaded[run] = torch.load(path, weights_only=True)  # tensors and plain values only: no code runs
     seeds = {str(r): (m["weight_seed"], m["score_seed"]) for r, m in loaded.items()}
     same_weights = len({w for w, _ in seeds.values()}) == 1
     print("runs (weight seed, score seed):")
@@ -72,4 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)

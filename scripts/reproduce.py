@@ -227,4 +227,8 @@ def run_group(folder: str, names: list[str], overrides: list[str], report_only: 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the sweep's jobs wrote their checkpoints; the same command continues
+        print("interrupted (Ctrl-C); run the same command to continue (completed runs are skipped)", file=sys.stderr)
+        sys.exit(130)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -132,6 +133,11 @@ class ModelConfig:
         stem_width: CIFAR ResNets: channels of the stem conv, fixed at every ``width_mult`` (IteRand's
             reference, dchiji-ntt/iterand ``models/networks/resnet.py``, keeps 64); ``null`` scales it with the
             first stage.
+        arch: ``model=torchvision``: the torchvision constructor's name (``resnet18``, ``vgg11_bn``, ...;
+            any name of ``torchvision.models.list_models()``).
+        target: ``model=custom``: the dotted path of a user's ``nn.Module`` class or builder function
+            (``mypkg.nets.MyNet``), importable from where ``train.py`` runs.
+        kwargs: keyword arguments for the torchvision constructor or the user's target.
     """
 
     name: str = MISSING
@@ -141,6 +147,9 @@ class ModelConfig:
     batch_norm: bool = False
     bn_affine: bool = False
     stem_width: int | None = None
+    arch: str = ""
+    target: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.stem_width is not None:
@@ -292,6 +301,9 @@ class TrainerConfig:
         progress: tqdm progress bar per epoch.
         checkpoint: save ``last.ckpt`` (the whole run state) atomically after every epoch, every
             ``checkpoint_every_min`` minutes inside an epoch, and when a signal stops the run.
+        keep_checkpoint: keep ``last.ckpt`` after the run completes (it is what a stopped run resumes from; a
+            completed run is never resumed, and its ``ticket.pt`` holds the found ticket, so by default the
+            checkpoint -- 179 MB for ResNet-18, with optimizer state and scores -- is removed).
         checkpoint_every_min: minutes between checkpoints inside an epoch (ImageNet-sized epochs);
             0 = only at epoch ends and on signals.
         resume: what the same command does when its run folder already holds this run:
@@ -319,6 +331,7 @@ class TrainerConfig:
     label_smoothing: float = 0.0
     progress: bool = True
     checkpoint: bool = True
+    keep_checkpoint: bool = False
     checkpoint_every_min: float = 15.0
     resume: str = "auto"
     threads: int = 0

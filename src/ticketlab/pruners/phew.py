@@ -106,25 +106,27 @@ class Route:
     bwd_jumps: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
-def _spreads(weights: list[Tensor]) -> list[int]:
+def _spreads(weights: list[Tensor], names: list[str] | None = None) -> list[int]:
     spreads = [1]
-    for prev, cur in zip(weights, weights[1:], strict=False):
+    for i, (prev, cur) in enumerate(zip(weights, weights[1:], strict=False)):
         out, inp = prev.shape[0], cur.shape[1]
         if inp % out:
-            raise ConfigError(f"pruner=phew: a layer with {inp} inputs follows one with {out} outputs on the walk "
+            where = f"layer {names[i + 1]} ({inp} inputs) follows layer {names[i]} ({out} outputs)" if names \
+                else f"a layer with {inp} inputs follows one with {out} outputs"
+            raise ConfigError(f"pruner=phew: {where} on the walk "
                               "path; PHEW walks feed-forward chains and residual networks built from BasicBlocks "
                               "(MLP, Conv-n, VGG, resnet18/20/34).")
         spreads.append(inp // out)
     return spreads
 
 
-def chain_route(weights: list[Tensor]) -> Route:
+def chain_route(weights: list[Tensor], names: list[str] | None = None) -> Route:
     """The route of a feed-forward chain (every layer in order, no jumps).
 
     Raises:
         ConfigError: consecutive layers that do not connect.
     """
-    return Route(list(range(len(weights))), _spreads(weights))
+    return Route(list(range(len(weights))), _spreads(weights, names))
 
 
 def model_route(model: nn.Module, shortcuts: str = "faithful") -> Route:
@@ -145,7 +147,7 @@ def model_route(model: nn.Module, shortcuts: str = "faithful") -> Route:
     index = {id(layer): i for i, (_, layer) in enumerate(layers)}
     blocks = [m for m in model.modules() if hasattr(m, "conv1") and hasattr(m, "conv2") and hasattr(m, "shortcut")]
     if not blocks:
-        return chain_route([layer.weight for _, layer in layers])
+        return chain_route([layer.weight for _, layer in layers], [name for name, _ in layers])
     in_blocks = {id(c) for b in blocks for c in b.modules() if isinstance(c, nn.Conv2d | nn.Linear)}
     seq, fwd, bwd = [], {}, {}
     for _, layer in layers:  # stem and classifier, in order, around the blocks
@@ -167,7 +169,7 @@ def model_route(model: nn.Module, shortcuts: str = "faithful") -> Route:
             bwd[p1 + 1] = (s, p1 - 1)
     seq += head
     weights = [layers[i][1].weight for i in seq]
-    route = Route(seq, _spreads(weights), fwd, bwd)
+    route = Route(seq, _spreads(weights, [layers[i][0] for i in seq]), fwd, bwd)
     for src, (s, _) in fwd.items():
         w = layers[s][1].weight
         need_in = weights[src].shape[1] if shortcuts == "faithful" else weights[src - 1].shape[0]

@@ -26,6 +26,7 @@ from ticketlab.runner.callbacks import TrackerLog
 from ticketlab.runner.identity import RunIdentity
 from ticketlab.runner.summary import structure_summary, summarize
 from ticketlab.runner.tracking import Tracker
+from ticketlab.sparsity.masks import ticket_state_dict
 from ticketlab.sparsity.report import mask_dict
 from ticketlab.sparsity.selection import density_of
 from ticketlab.sparsity.structure import mask_structure, mask_warnings
@@ -199,6 +200,27 @@ def run_attempt(job: Job, ident: RunIdentity, group: str | None, ckpt: dict[str,
     return summary
 
 
+#: The found ticket of a completed run (:func:`ticket_record`); ``scripts/export_ticket.py`` writes it out.
+TICKET = "ticket.pt"
+
+
+def ticket_record(job: Job, summary: dict[str, Any]) -> dict[str, Any]:
+    """What ``ticket.pt`` holds: ``state_dict`` (:func:`~ticketlab.sparsity.masks.ticket_state_dict`: loads into
+    the plain architecture), ``masks`` (``{"<layer>.weight": bool tensor}``, as ``masks.pt``), the ``model``
+    config, ``input_shape`` ``(C, H, W)``, ``num_classes``, the run's ``test_acc`` and ``run_id``. Only
+    tensors, numbers, strings, lists and dicts: ``torch.load(..., weights_only=True)`` reads it."""
+    from dataclasses import asdict
+
+    data = job.trainer.data
+    return {"state_dict": ticket_state_dict(job.trainer.model), "masks": mask_dict(job.trainer.model),
+            "model": asdict(job.rc.model), "input_shape": list(data.input_shape), "num_classes": int(data.num_classes),
+            "dataset": job.rc.dataset.name, "test_acc": summary.get("test_acc"), "run_id": summary.get("run_id")}
+
+
+def _drop_checkpoint(run_dir: Path) -> None:
+    (run_dir / rundir.CHECKPOINT).unlink(missing_ok=True)
+
+
 def evaluated_share(job: Job) -> dict[str, Any]:
     """``{"test_images_evaluated", "partial_eval"}``: how many test images the reported accuracies are on, and
     whether that is part of the test set (``trainer.limit_eval_batches`` below the test set's batches)."""
@@ -248,6 +270,10 @@ def finish(job: Job, ident: RunIdentity, status: str, outcome: dict[str, Any], w
             "masks": mask_dict(model), "status": status,
             "weight_seed": rc.seed if rc.init.weight_seed is None else rc.init.weight_seed,
             "score_seed": job.ctx.score_seed, "config": job.resolved})
+    if status == "completed":
+        attempt_to("write ticket.pt", atomic_torch_save, run_dir / TICKET, ticket_record(job, summary))
+        if not rc.trainer.keep_checkpoint and (run_dir / TICKET).exists():
+            attempt_to("remove last.ckpt (trainer.keep_checkpoint=false)", _drop_checkpoint, run_dir)
     attempt_to("record the attempt in run.json", rundir.end_attempt, run_dir, status)
     flat = {k: v for k, v in summary.items() if k not in ("layer_densities", "structure", "stages")}
     flat |= {f"density/{k}": v for k, v in (summary.get("layer_densities") or {}).items()}

@@ -149,7 +149,8 @@ def readable_name(cfg: DictConfig, mask_sha256: str | None = None) -> str:
     """``<pruner>-<model>-<dataset>-s<sparsity>-seed<seed>`` (characters outside ``[A-Za-z0-9._=-]`` -> ``_``);
     ``c<x>`` instead of ``s<sparsity>`` when the pruner's ``compression`` (density 10^-x) is set; IMP with
     ``pruner.levels`` names its last level's sparsity ``1 - (1 - rate)^levels``; a ``from_file`` run names
-    its masks' digest ``m<first 8 hex>`` (the file decides the sparsity)."""
+    its masks' digest ``m<first 8 hex>`` (the file decides the sparsity); ``model=torchvision`` shows
+    ``tv_<arch>``, ``model=custom`` its target's class name."""
     try:
         compression = cfg.pruner.get("compression")
         level = f"c{float(compression):g}" if compression is not None else f"s{float(cfg.pruner.sparsity):g}"
@@ -157,7 +158,12 @@ def readable_name(cfg: DictConfig, mask_sha256: str | None = None) -> str:
             level = f"s{round(1.0 - (1.0 - float(cfg.pruner.rate)) ** int(cfg.pruner.levels), 6):g}"
         if mask_sha256:
             level = f"m{mask_sha256[:8]}"
-        parts = [str(cfg.pruner.name), str(cfg.model.name), str(cfg.dataset.name), level, f"seed{cfg.seed}"]
+        model = str(cfg.model.name)
+        if model == "torchvision" and cfg.model.get("arch"):
+            model = f"tv_{cfg.model.arch}"
+        elif model == "custom" and isinstance(cfg.model.get("target"), str) and cfg.model.target:
+            model = str(cfg.model.target).rsplit(".", 1)[-1]
+        parts = [str(cfg.pruner.name), model, str(cfg.dataset.name), level, f"seed{cfg.seed}"]
     except Exception:  # an unresolvable or missing key: the validation reports it properly
         return "run"
     return _safe("-".join(parts))

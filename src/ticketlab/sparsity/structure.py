@@ -6,7 +6,7 @@ Lens of Effective Sparsity", JMLR 2023, code ``effective_masks_synflow``):
 
 * every prunable weight becomes its binary mask (float64), every bias zero;
 * batch norm becomes the identity, max-pooling becomes sum-pooling over the same window,
-  adaptive average pooling becomes a spatial sum;
+  adaptive pooling becomes a sum over each output cell's window (same output size);
 * ReLUs stay (they are the identity on the non-negative signals of this network).
 
 Fed an all-ones input, the summed output ``R`` is the number of input-output paths (counting each
@@ -75,9 +75,25 @@ class _SumPool(nn.Module):
         return self.pool(x)
 
 
-class _SpatialSum(nn.Module):
+class _AdaptiveSum(nn.Module):
+    """Adaptive pooling as a sum over each output cell's window (PyTorch's windows: rows
+    ``floor(i H / h) .. ceil((i + 1) H / h)``), keeping the pooling's output size, so the layers after it
+    (a ``Linear`` over ``C * h * w`` features) see the shape they were built for."""
+
+    def __init__(self, output_size) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    @staticmethod
+    def _counts(n: int, out: int) -> list[int]:
+        return [-(-(i + 1) * n // out) - (i * n // out) for i in range(out)]
+
     def forward(self, x: Tensor) -> Tensor:
-        return x.sum(dim=tuple(range(2, x.dim())), keepdim=True)
+        size = self.output_size if isinstance(self.output_size, tuple) else (self.output_size,) * 2
+        h, w = (s if s is not None else d for s, d in zip(size, x.shape[-2:], strict=True))
+        rows = torch.tensor(self._counts(x.shape[-2], h), dtype=x.dtype, device=x.device)
+        cols = torch.tensor(self._counts(x.shape[-1], w), dtype=x.dtype, device=x.device)
+        return nn.functional.adaptive_avg_pool2d(x, (h, w)) * rows[:, None] * cols[None, :]
 
 
 def _path_network(model: nn.Module) -> nn.Module:
@@ -95,7 +111,7 @@ def _path_network(model: nn.Module) -> nn.Module:
         elif isinstance(module, nn.MaxPool2d | nn.AvgPool2d):
             replacement = _SumPool(module)
         elif isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
-            replacement = _SpatialSum()
+            replacement = _AdaptiveSum(module.output_size)
         if replacement is not None and name:
             parent, _, child = name.rpartition(".")
             setattr(net.get_submodule(parent) if parent else net, child, replacement)
