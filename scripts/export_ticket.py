@@ -25,69 +25,9 @@ Exit status: 0 written, 2 no ticket in that folder (a run that did not complete,
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
-import torch
-
-from ticketlab.files import atomic_torch_save, atomic_write_json
-
-
-def find_ticket(run_dir: Path) -> Path | None:
-    """``run_dir/ticket.pt``, or the last IMP level's."""
-    if (run_dir / "ticket.pt").exists():
-        return run_dir / "ticket.pt"
-    levels = sorted(run_dir.glob("level_*/ticket.pt"))
-    return levels[-1] if levels else None
-
-
-def export(run_dir: Path, out: Path) -> dict:
-    """Write ``state_dict.pt``, ``masks.pt`` and ``ticket.json`` for ``run_dir``'s ticket into ``out``; return
-    the ``ticket.json`` content.
-
-    Raises:
-        FileNotFoundError: the folder holds no ``ticket.pt``.
-    """
-    path = find_ticket(run_dir)
-    if path is None:
-        raise FileNotFoundError(f"{run_dir} holds no ticket.pt: only a completed run writes one (see its "
-                                "summary.json for how it ended)")
-    ticket = torch.load(path, weights_only=True, map_location="cpu")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(out / "state_dict.pt", ticket["state_dict"])
-    atomic_torch_save(out / "masks.pt", {"masks": ticket["masks"]})
-    kept = sum(int(m.sum()) for m in ticket["masks"].values())
-    total = sum(m.numel() for m in ticket["masks"].values())
-    info = {k: ticket[k] for k in ("model", "input_shape", "num_classes", "dataset", "test_acc", "run_id")}
-    info.update(source=str(path), density=kept / total if total else 1.0,
-                sparsity=1 - kept / total if total else 0.0, kept=kept, prunable=total)
-    atomic_write_json(out / "ticket.json", info)
-    return info
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Export the ticket of the given run folder; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="a completed run's folder (an IMP run's or one of its levels')")
-    parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/export)")
-    args = parser.parse_args(argv)
-    out = args.out or args.run_dir / "export"
-    try:
-        info = export(args.run_dir, out)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing complete was written", file=sys.stderr)
-        return 130
-    print(f"ticket of {info['source']}: {info['kept']} of {info['prunable']} prunable weights kept "
-          f"(sparsity {info['sparsity']:.4f}, density {info['density']:.4f}), test_acc {info['test_acc']}")
-    print(f"wrote {out / 'state_dict.pt'}, {out / 'masks.pt'}, {out / 'ticket.json'}")
-    print(json.dumps(info["model"]))
-    return 0
-
+from ticketlab.commands import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["export", *sys.argv[1:]]))

@@ -53,11 +53,9 @@ from ticketlab.sweeps.experiments import (
     collect,
     evaluate_claims,
     experiment_names,
-    markdown_table,
-    missing_cells,
-    not_completed,
     paper_numbers,
 )
+from ticketlab.sweeps.markdown import markdown_table, missing_cells, not_completed
 from ticketlab.sweeps.plots import all_plots
 
 ROOT = Path(__file__).resolve().parents[1]

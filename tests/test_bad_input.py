@@ -113,7 +113,7 @@ def test_from_file_rejects_anything_but_a_masks_file(cfg_factory, tmp_path, cont
 
 
 def test_from_file_rejects_a_checkpoint(cfg_factory, tmp_path):
-    run(cfg_factory(), run_dir=tmp_path / "src")
+    run(cfg_factory("trainer.keep_checkpoint=true"), run_dir=tmp_path / "src")
     with pytest.raises(ConfigError, match=r"last.ckpt.*(training checkpoint|It looks like a training checkpoint)"):
         _from_file(cfg_factory, tmp_path, tmp_path / "src" / "last.ckpt")
 

@@ -19,7 +19,8 @@ from ticketlab.errors import ConfigError
 from ticketlab.runner.validate import resolve
 from ticketlab.sweeps.claims import Claim, arm_differences, evaluate, pair_up
 from ticketlab.sweeps.comparisons import check_arms, planned_jobs
-from ticketlab.sweeps.experiments import ReportSpec, evaluate_claims, experiment_names, markdown_table
+from ticketlab.sweeps.experiments import ReportSpec, evaluate_claims, experiment_names
+from ticketlab.sweeps.markdown import markdown_table
 from ticketlab.sweeps.stats import VERDICTS, Estimate, mean_ci, paired_difference, verdict
 
 ROOT = Path(__file__).resolve().parents[1]

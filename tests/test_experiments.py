@@ -21,11 +21,11 @@ from ticketlab.sweeps.experiments import (
     ReportSpec,
     critical_compression,
     experiment_names,
-    markdown_table,
     matching_level,
     paper_numbers,
     summary_frame,
 )
+from ticketlab.sweeps.markdown import markdown_table
 
 from .conftest import compose_cfg
 

@@ -318,8 +318,8 @@ def test_scoring_does_not_change_the_training_order(cfg_factory, tmp_path):
 
 
 def test_pai_trains_kept_weights_only(cfg_factory, tmp_path):
-    s = run(cfg_factory("pruner=snip", "init=kaiming_normal", "pruner.sparsity=0.8", "optimizer.lr=0.05"),
-            run_dir=tmp_path)
+    s = run(cfg_factory("pruner=snip", "init=kaiming_normal", "pruner.sparsity=0.8", "optimizer.lr=0.05",
+                        "trainer.keep_checkpoint=true"), run_dir=tmp_path)
     masks = torch.load(tmp_path / "masks.pt", weights_only=False)["masks"]
     assert s["sparsity"] == pytest.approx(0.8, abs=1e-4) and s["test_acc"] > 0.5
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)["model"]
@@ -524,7 +524,7 @@ def test_imp_skips_completed_levels(cfg_factory, tmp_path):
 
 
 def test_imp_late_rewinding_saves_step_k(cfg_factory, tmp_path):
-    imp_run(cfg_factory, tmp_path, "pruner.rewind_step=5", "pruner.levels=1")
+    imp_run(cfg_factory, tmp_path, "pruner.rewind_step=5", "pruner.levels=1", "trainer.keep_checkpoint=true")
     rewind = torch.load(tmp_path / "rewind.pt", weights_only=False)
     init = torch.load(tmp_path / "level_00" / "last.ckpt", weights_only=False)["model"]
     name = next(k for k in rewind if k.endswith(".weight"))

@@ -42,6 +42,13 @@ def stop_after(monkeypatch, step: int, signum: int = signal.SIGTERM) -> dict:
     return seen
 
 
+@pytest.fixture
+def cfg_factory(cfg_factory):
+    """These tests compare the whole final training state (weights, scores, optimizer, RNG) of a resumed run
+    with an uninterrupted twin's, so they keep last.ckpt after completion (trainer.keep_checkpoint=true)."""
+    return lambda *overrides: cfg_factory(*overrides, "trainer.keep_checkpoint=true")
+
+
 def final_state(run_dir):
     """What must not depend on the interruption: masks, weights, history (minus timings), summary numbers."""
     masks = torch.load(run_dir / "masks.pt", weights_only=False)["masks"]

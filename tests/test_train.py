@@ -35,9 +35,16 @@ def test_edge_popup_run_writes_results_and_learns(cfg_factory, tmp_path):
     assert summary["params_remaining"] == summary["params_total"] // 2
     assert summary["sparsity"] == pytest.approx(0.5)
     assert all(d == pytest.approx(0.5) for d in summary["layer_densities"].values())
-    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    # a completed run keeps its ticket, not the resume state (trainer.keep_checkpoint=false by default)
+    assert not (tmp_path / "last.ckpt").exists()
+    ticket = torch.load(tmp_path / "ticket.pt", weights_only=True)
+    assert not any(".parametrizations." in k for k in ticket["state_dict"])
+    kept = run(cfg_factory("trainer.epochs=4", "trainer.keep_checkpoint=true"), run_dir=tmp_path / "kept")
+    ckpt = torch.load(tmp_path / "kept" / "last.ckpt", weights_only=False)
     assert ckpt["epoch"] == 4 and set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "pruner", "history"}
+    assert kept["test_acc"] == summary["test_acc"]  # keeping the checkpoint changes nothing else
     saved = torch.load(tmp_path / "masks.pt", weights_only=False)
+    assert all(torch.equal(saved["masks"][k], ticket["masks"][k]) for k in saved["masks"])
     assert saved["weight_seed"] == 0 and saved["score_seed"] == 0
     assert sum(int(m.sum()) for m in saved["masks"].values()) == summary["params_remaining"]
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ticketlab.errors import ConfigError, Diverged, NonFiniteError, Preempted, describe
+from ticketlab.export import TICKET, ticket_state_dict
 from ticketlab.files import atomic_torch_save, atomic_write_json
 from ticketlab.runner import hydra_job, rundir
 from ticketlab.runner.build import Job
@@ -26,7 +27,6 @@ from ticketlab.runner.callbacks import TrackerLog
 from ticketlab.runner.identity import RunIdentity
 from ticketlab.runner.summary import structure_summary, summarize
 from ticketlab.runner.tracking import Tracker
-from ticketlab.sparsity.masks import ticket_state_dict
 from ticketlab.sparsity.report import mask_dict
 from ticketlab.sparsity.selection import density_of
 from ticketlab.sparsity.structure import mask_structure, mask_warnings
@@ -198,10 +198,6 @@ def run_attempt(job: Job, ident: RunIdentity, group: str | None, ckpt: dict[str,
     if to_raise is not None:
         raise to_raise
     return summary
-
-
-#: The found ticket of a completed run (:func:`ticket_record`); ``scripts/export_ticket.py`` writes it out.
-TICKET = "ticket.pt"
 
 
 def ticket_record(job: Job, summary: dict[str, Any]) -> dict[str, Any]:

@@ -40,8 +40,8 @@ NOT_IDENTITY: dict[str, tuple[str, ...] | None] = {
     "paths": None,
     "logger": None,
     "report": None,
-    "trainer": ("progress", "checkpoint", "checkpoint_every_min", "resume", "threads", "strategy", "channels_last",
-                "compile"),
+    "trainer": ("progress", "checkpoint", "keep_checkpoint", "checkpoint_every_min", "resume", "threads", "strategy",
+                "channels_last", "compile"),
     "dataset": ("root", "cache_dir", "download", "num_workers", "eval_batch_size"),
 }
 #: Fields kept even when equal to their default: they select the group's option.

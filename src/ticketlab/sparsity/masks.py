@@ -26,7 +26,6 @@ path below takes the steps it declines (first selection, band misses, NaN, other
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -502,19 +501,6 @@ def bake(model: nn.Module) -> nn.Module:
         if parametrize.is_parametrized(mt.module, mt.tensor_name):
             parametrize.remove_parametrizations(mt.module, mt.tensor_name, leave_parametrized=True)
     return model
-
-
-def ticket_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The found ticket as a plain ``state_dict``: every masked tensor as the forward pass uses it (weights x
-    masks; biprop's ``alpha * sign(w) * m``; scaled weights as scaled), every other parameter and buffer as
-    is, under the names of the model without masks, so it loads into the same architecture built with plain
-    PyTorch (``load_state_dict(strict=True)``). Removed weights are exact zeros. The model is not changed.
-
-    Returns:
-        ``{name: tensor}`` (detached CPU copies), shapes as in the plain model.
-    """
-    baked = bake(copy.deepcopy(model))
-    return {k: v.detach().cpu().clone() for k, v in baked.state_dict().items()}
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
