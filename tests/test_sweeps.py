@@ -192,11 +192,15 @@ def test_config_rejected_in_an_existing_folder_leaves_it_untouched(tmp_path):
 
 
 def test_local_parallel_launcher_runs_jobs_in_worker_processes(tmp_path):
-    p = launch("-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "seed=0,1", "trainer.epochs=1",
-               "trainer.threads=1", *FAST)
+    import joblib
+
+    p = launch("-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "seed=0,1", "trainer.epochs=1", *FAST)
     code, out = finish(p)
     assert code == 0, out[-3000:]
     assert "2 job(s): 2 completed" in out
+    # trainer.threads=0: each of the 2 parallel jobs gets its share of the cores (joblib's loky workers), not all
+    assert out.count(f"({max(joblib.cpu_count() // 2, 1)} CPU threads)") == 2, out[-3000:]
+    assert "over seeds" in out and "(n=2)" in out  # the mean ± std table of a sweep over seeds
     (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()  # the workers found the launcher's sweep folder
     assert {r.name for r in (sweep / "jobs").iterdir()} == {"0.json", "1.json"}
     pids = {json.loads((sweep / str(j) / "run.json").read_text())["attempts"][0]["pid"] for j in (0, 1)}

@@ -110,9 +110,10 @@ def _announce(job: Job, ident: RunIdentity, attempt: int, reason: str) -> None:
     """Log what runs, where, and the warnings found so far."""
     rc, trainer = job.rc, job.trainer
     log.info("run %s (id %s, attempt %d): %s | %s on %s, %s init, pruner %s at sparsity %.4f (density %.4f), "
-             "device %s, %d train / %d test images", job.run_dir, ident.short, attempt, reason, rc.model.name,
+             "device %s%s, %d train / %d test images", job.run_dir, ident.short, attempt, reason, rc.model.name,
              rc.dataset.name, rc.init.name, rc.pruner.name, job.pruner.target_sparsity,
              density_of(job.pruner.target_sparsity), trainer.device,
+             f" ({torch.get_num_threads()} CPU threads)" if trainer.device.type == "cpu" else "",
              trainer.data.num_train, trainer.data.num_test)
     for w in job.warnings:
         log.warning("%s", w)

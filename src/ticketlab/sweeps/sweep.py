@@ -12,7 +12,9 @@
   the same sweep (or another one sharing runs) skips every completed run and runs only the
   missing and failed ones.
 * **One line per job at the end**: completed, skipped (already done), or failed with its one-line
-  reason; the process exits non-zero if any job did not complete (:data:`EXIT`).
+  reason; the process exits non-zero if any job did not complete (:data:`EXIT`). A sweep over
+  ``seed`` also gets the test accuracy's mean ± std over seeds per setting, with its t interval
+  (:func:`over_seeds`), in the printed report, ``report.md`` and ``report.json``.
 
 A job that a signal stops (SIGTERM from a scheduler, Ctrl-C) stops the whole sweep after writing
 its checkpoint; the report so far is printed and the same command continues it.
@@ -149,7 +151,53 @@ def report(sweep_dir: Path, expected: list[list[str]] | None) -> tuple[str, int,
     head = f"sweep {sweep_dir}: {n} job(s): " + ", ".join(f"{c} {s}" for s, c in sorted(counts.items()))
     if common:
         head += f"\n  every job: {' '.join(o for o in listed[0] if o in common)}"
-    return "\n".join([head, *lines]), (1 if bad else 0), rows
+    seed_lines, _ = over_seeds(rows)
+    return "\n".join([head, *lines, *seed_lines]), (1 if bad else 0), rows
+
+
+def over_seeds(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Mean ± std of a sweep's test accuracy over its seeds, one row per setting (the job's overrides
+    without ``seed=``), with the Student's t 95 % interval of the mean (:func:`ticketlab.sweeps.stats.mean_ci`).
+
+    Only completed (or skipped as completed) jobs with a test accuracy count; a setting lists how many
+    of its jobs did not. Returns ``(lines, table)``; both are empty unless the sweep varies ``seed``
+    and some setting has two or more completed seeds.
+    """
+    def key(overrides: list[str]) -> tuple[str, ...]:
+        return tuple(o for o in overrides if not o.split("=", 1)[0].lstrip("+~") == "seed")
+
+    listed = [r.get("overrides") or [] for r in rows]
+    if not any(len(o) != len(key(o)) for o in listed):
+        return [], []
+    varying = set().union(*(set(k) for k in map(key, listed))) - set.intersection(*(set(key(o)) for o in listed))
+    groups: dict[tuple[str, ...], dict[str, Any]] = {}
+    for r, o in zip(rows, listed, strict=True):
+        g = groups.setdefault(tuple(x for x in key(o) if x in varying), {"acc": [], "sparsity": [], "other": 0})
+        ok = r.get("status") in OK_STATUSES and isinstance(r.get("test_acc"), (int, float))
+        if ok:
+            g["acc"].append(float(r["test_acc"]))
+            if isinstance(r.get("sparsity"), (int, float)):
+                g["sparsity"].append(float(r["sparsity"]))
+        else:
+            g["other"] += 1
+    if max(len(g["acc"]) for g in groups.values()) < 2:
+        return [], []
+    from ticketlab.sweeps.stats import describe, mean_ci
+
+    table, lines = [], ["test accuracy over seeds: mean ± std (n) [95 % t interval of the mean]"]
+    for setting, g in groups.items():
+        est = mean_ci(g["acc"])
+        sp = describe(g["sparsity"])[0]
+        row = {"setting": " ".join(setting) or "(all jobs)", "n": est.n, "mean": est.mean, "std": est.sd,
+               "ci_low": est.low, "ci_high": est.high, "sparsity": sp, "density": 1.0 - sp, "not_completed": g["other"]}
+        table.append({k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()})  # NaN: JSON null
+        std = "" if est.n < 2 else f" ± {est.sd:.4f}"
+        ci = "" if est.n < 2 else f" [{est.low:.4f}, {est.high:.4f}]"
+        acc = "no completed seed" if est.n == 0 else f"{est.mean:.4f}{std} (n={est.n}){ci}"
+        dens = "" if sp != sp else f"  sparsity {sp:.4f} (density {1 - sp:.4f})"
+        missing = f"  ({g['other']} not completed)" if g["other"] else ""
+        lines.append(f"  {row['setting']:<30} {acc}{dens}{missing}")
+    return lines, table
 
 
 def _f(x: Any) -> str:
@@ -167,7 +215,8 @@ def write_report(sweep_dir: Path, expected: list[list[str]] | None) -> int:
     print(text, flush=True)
     try:
         atomic_write_bytes(sweep_dir / "report.md", (f"```\n{text}\n```\n").encode())
-        atomic_write_json(sweep_dir / "report.json", {"exit_code": code, "jobs": rows})
+        atomic_write_json(sweep_dir / "report.json", {"exit_code": code, "jobs": rows,
+                                                      "over_seeds": over_seeds(rows)[1]})
     except OSError as e:
         log.warning("could not write the sweep report in %s (%s)", sweep_dir, e)
     return code
@@ -191,6 +240,9 @@ class SweepReport(Callback):
         _CURRENT["name"] = sweep_name(OmegaConf.to_container(config.hydra.overrides.task, resolve=False), params)
         _CURRENT["expected"] = _expected_jobs(config)
         EXIT["sweep"] = None
+        from ticketlab.runner.cluster import quiet_sacct_errors
+
+        quiet_sacct_errors()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Print and write the report; set the exit code."""
@@ -210,5 +262,5 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     return sorted((r for r in out if isinstance(r, dict)), key=lambda r: r.get("num", 0))
 
 
-__all__ = ["EXIT", "SweepReport", "in_multirun", "partial_report", "read_jobs", "record_job", "report", "sweep_name",
-           "write_report"]
+__all__ = ["EXIT", "SweepReport", "in_multirun", "over_seeds", "partial_report", "read_jobs", "record_job", "report",
+           "sweep_name", "write_report"]
