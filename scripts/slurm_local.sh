@@ -3,7 +3,7 @@
 #
 #   scripts/slurm_local.sh up        # installs slurm-wlm and munge if missing (apt, as root), starts the daemons
 #   scripts/slurm_local.sh status    # sinfo and squeue
-#   scripts/slurm_local.sh down      # stops only the daemons this script started
+#   scripts/slurm_local.sh down      # stops only the daemons this script started (by pid), and waits for them
 #
 # Then point the Slurm commands (and submitit) at it:   export SLURM_CONF=$SLURM_LOCAL_DIR/slurm.conf
 #
@@ -51,8 +51,15 @@ start_munge() {
     else
         munged --force
     fi
-    touch "$DIR/started_munged"
-    for _ in $(seq 50); do munge_ok && return; sleep 0.1; done
+    for _ in $(seq 50); do
+        if munge_ok; then
+            # its pid, so that `down` stops this munged and no other (munged writes /run/munge/munged.pid)
+            if [ -s /run/munge/munged.pid ]; then cp /run/munge/munged.pid "$DIR/munged.pid"
+            else pgrep -n -x munged > "$DIR/munged.pid"; fi
+            return
+        fi
+        sleep 0.1
+    done
     die "munged did not start"
 }
 
@@ -123,20 +130,31 @@ up() {
     die "the node did not come up; see $DIR/log/"
 }
 
+# Stops the daemon whose pid file is $DIR/$1.pid (if this script started it): SIGTERM, then up to
+# 30 s for it to exit. Returns 1, naming it, if it is still running.
+stop_daemon() {
+    local pidfile="$DIR/$1.pid" pid
+    [ -f "$pidfile" ] || return 0
+    pid="$(cat "$pidfile")"
+    if alive "$pidfile"; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 300); do alive "$pidfile" || break; sleep 0.1; done
+        if alive "$pidfile"; then
+            echo "slurm_local.sh: $1 (pid $pid) is still running 30 s after SIGTERM; stop it with: kill -9 $pid" >&2
+            return 1
+        fi
+    fi
+    rm -f "$pidfile"
+}
+
 down() {
     export SLURM_CONF="$CONF"
-    for daemon in slurmd slurmctld; do
-        if alive "$DIR/$daemon.pid"; then
-            kill "$(cat "$DIR/$daemon.pid")"
-            for _ in $(seq 50); do alive "$DIR/$daemon.pid" || break; sleep 0.1; done
-        fi
-        rm -f "$DIR/$daemon.pid"
+    local failed=0
+    for daemon in slurmd slurmctld munged; do   # munged.pid exists only when this script started munged
+        stop_daemon "$daemon" || failed=1
     done
-    if [ -f "$DIR/started_munged" ]; then
-        pkill -x munged 2>/dev/null || true
-        rm -f "$DIR/started_munged"
-    fi
-    echo "Slurm on $HOST stopped (state kept in $DIR)."
+    [ "$failed" = 0 ] || die "Slurm on $HOST is not fully stopped (see above)"
+    echo "Slurm on $HOST stopped: slurmd, slurmctld and the munged this script started (state kept in $DIR)."
 }
 
 status() {

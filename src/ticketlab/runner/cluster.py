@@ -14,6 +14,8 @@
   for SIGUSR2 it calls submitit's own handler, which resubmits the same call and requeues the job
   (``max_num_timeout`` times at most); for SIGTERM it leaves at once, without a result, so that the
   job Slurm requeues runs the same task again and continues from the checkpoint.
+* **Polling without accounting.** submitit polls ``sacct``; where Slurm accounting is off, every poll
+  fails, and its warning is shown once per sweep (:func:`quiet_sacct_errors`), not at every poll.
 """
 
 from __future__ import annotations
@@ -56,6 +58,36 @@ def local_gpu(device_count: int) -> int | None:
     from ticketlab.sweeps.sweep import in_multirun
 
     return int(HydraConfig.get().job.num) % device_count if in_multirun() else None
+
+
+class _OnceSacctError(logging.Filter):
+    """Lets submitit's first "Bypassing sacct error" warning through, with what it means, and drops repeats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in str(record.msg):
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        record.msg = (f"{record.msg} (shown once: sacct fails where Slurm accounting is off, e.g. on the cluster of "
+                      "scripts/slurm_local.sh; submitit then tells a finished job by its result file, and the sweep "
+                      "report at the end is exact)")
+        return True
+
+
+def quiet_sacct_errors() -> None:
+    """Show submitit's failed-``sacct`` warning once per sweep instead of at every poll (it polls every few
+    seconds to minutes, and a cluster without accounting fails every time). Idempotent."""
+    logger = logging.getLogger("submitit")
+    for f in logger.filters:
+        if isinstance(f, _OnceSacctError):
+            f.seen = False
+            return
+    logger.addFilter(_OnceSacctError())
 
 
 def under_submitit() -> bool:
