@@ -3,8 +3,9 @@ SHELL      := /bin/bash
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 SHARED     ?= ../shared/data
-DATA_COPY  ?= .data
-# Real-data tests read DATA_DIR; default to the prepared copy when it exists.
+DATA_COPY  ?= data
+# data/ is the default data root (paths.data_dir) of every command run from here, so no command needs
+# DATA_DIR; the tests read DATA_DIR, pointed at the prepared copy when it exists.
 DATA_DIR   ?= $(if $(wildcard $(SHARED)),$(abspath $(DATA_COPY)),)
 ARGS       ?=
 
@@ -23,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed  ## create .venv and install the package with its dev extra
 
-data:  ## writable, git-ignored copy of ../shared/data in .data (MNIST copied, CIFAR-10 JPEG unpacked)
+data:  ## writable, git-ignored copy of ../shared/data in data/, the default data root (MNIST copied, CIFAR-10 unpacked)
 	@if [ -d "$(SHARED)" ]; then \
 	  mkdir -p $(DATA_COPY); \
 	  for d in MNIST FashionMNIST; do \

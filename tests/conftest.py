@@ -67,8 +67,12 @@ def method_of(overrides: list[str]) -> str:
 
 
 def _data_root() -> Path | None:
+    """``$DATA_DIR``, else the default data root ``data/`` of the checkout when `make data` has filled it."""
     d = os.environ.get("DATA_DIR")
-    return Path(d) if d and Path(d).is_dir() else None
+    if d:
+        return Path(d) if Path(d).is_dir() else None
+    default = ROOT / "data"
+    return default if default.is_dir() and any(default.iterdir()) else None
 
 
 @pytest.fixture
@@ -76,7 +80,7 @@ def data_dir() -> Path:
     """The real-data root (``DATA_DIR``). Skips outside CI when absent; fails in CI."""
     d = _data_root()
     if d is None:
-        msg = "DATA_DIR is not set to a folder with the real datasets (run `make test`, which prepares .data/)"
+        msg = "DATA_DIR is not set to a folder with the real datasets (run `make test`, which prepares data/)"
         if IN_CI:
             pytest.fail(f"real-data tests are mandatory in CI: {msg}")
         pytest.skip(msg)

@@ -36,9 +36,19 @@ def test_mandatory_mask_path_is_reported():
 def test_defaults_are_the_documented_default_job():
     rc = resolve(compose_cfg())
     assert (rc.dataset.name, rc.model.name, rc.pruner.name, rc.pruner.sparsity) == ("digits", "mlp", "edge_popup", 0.5)
-    assert rc.dataset.root  # ${oc.env:DATA_DIR,data}
+    assert rc.dataset.root  # ${tl.env:DATA_DIR,data}
     assert rc.trainer.device == "auto"
     assert rc.logger.mode in ("offline", "online", "disabled")
+
+
+@pytest.mark.parametrize("value, root", [(None, "data"), ("", "data"), ("/somewhere/else", "/somewhere/else")])
+def test_the_data_root_is_data_unless_data_dir_names_another(monkeypatch, value, root):
+    # `make data` fills data/, so no command needs DATA_DIR; an empty DATA_DIR (as a Makefile passes it) is unset
+    if value is None:
+        monkeypatch.delenv("DATA_DIR", raising=False)
+    else:
+        monkeypatch.setenv("DATA_DIR", value)
+    assert resolve(compose_cfg("dataset=mnist")).dataset.root == root
 
 
 def test_every_registered_pruner_has_a_yaml_and_vice_versa():

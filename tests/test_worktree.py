@@ -32,5 +32,5 @@ def test_a_default_run_writes_only_ignored_paths(tmp_path, monkeypatch):
 
 def test_gitignore_covers_outputs_caches_and_data():
     ignored = (ROOT / ".gitignore").read_text().split()
-    for path in ("/outputs/", "/.cache/", "/.data/", "/.venv/", "/wandb/"):
+    for path in ("/outputs/", "/.cache/", "/data/", "/.venv/", "/wandb/"):
         assert path in ignored
