@@ -90,7 +90,7 @@ def where(out: Path) -> str:
         ckpts = sorted((out / "runs").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not ckpts:
             return "no checkpoint"
-        c = torch.load(ckpts[-1], weights_only=False, map_location="cpu")
+        c = torch.load(ckpts[-1], weights_only=True, map_location="cpu")
         stage = ckpts[-1].parent.name if ckpts[-1].parent.name.startswith("level_") else ""
         inside = f"+{c['position']['batch']} batches" if c.get("position") else ""
         return f"{stage + ' ' if stage else ''}{c['phase']} ep {c['epoch']}{inside}"
@@ -109,7 +109,7 @@ def fingerprint(folder: Path) -> dict:
         out[f"{rel}:summary"] = (s.get("status"), s.get("test_acc"), s.get("sparsity"), s.get("params_remaining"))
         masks = summary.parent / "masks.pt"
         if masks.exists():
-            m = torch.load(masks, weights_only=False)["masks"]
+            m = torch.load(masks, weights_only=True)["masks"]
             out[f"{rel}:masks"] = {k: v.to(torch.uint8).flatten().tolist() for k, v in m.items()}
         metrics = summary.parent / "metrics.jsonl"
         if metrics.exists():

@@ -18,8 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
+from ticketlab.files import UnsafeFileError, load_tensors
 from ticketlab.sparsity.similarity import compare_mask_sets
 
 
@@ -36,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         path = run / "masks.pt"
         if not path.exists():
             parser.error(f"{path} does not exist (every TicketLab run writes masks.pt at its end)")
-        loaded[run] = torch.load(path, weights_only=True)  # tensors and plain values only: no code runs
+        try:
+            loaded[run] = load_tensors(path)  # tensors and plain values only: no code in the file runs
+        except (UnsafeFileError, OSError, RuntimeError) as e:
+            parser.error(str(e))
     seeds = {str(r): (m["weight_seed"], m["score_seed"]) for r, m in loaded.items()}
     same_weights = len({w for w, _ in seeds.values()}) == 1
     print("runs (weight seed, score seed):")

@@ -83,6 +83,29 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
+class UnsafeFileError(ValueError):
+    """A torch file that holds more than tensors and plain values (:func:`load_tensors` refuses it)."""
+
+
+def load_tensors(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors, plain containers and numbers only, so that a
+    file from someone else (a colleague's run folder, a paper's mask file) cannot run code when it is read.
+
+    Raises:
+        UnsafeFileError: the file's pickle names anything else (the message names the file and the global).
+        OSError, RuntimeError: unreadable or damaged file (as ``torch.load`` raises them).
+    """
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        what = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:200]
+        raise UnsafeFileError(f"{path} holds more than tensors and plain values ({what}); TicketLab does not "
+                              "unpickle it, since that could run code from the file (the files TicketLab "
+                              "writes hold none)") from None
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file."""
     with open(path) as f:

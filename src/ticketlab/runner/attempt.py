@@ -20,7 +20,7 @@ import torch
 
 from ticketlab.errors import ConfigError, Diverged, NonFiniteError, Preempted, describe
 from ticketlab.export import TICKET, ticket_state_dict
-from ticketlab.files import atomic_torch_save, atomic_write_json
+from ticketlab.files import UnsafeFileError, atomic_torch_save, atomic_write_json, load_tensors
 from ticketlab.runner import hydra_job, rundir
 from ticketlab.runner.build import Job
 from ticketlab.runner.callbacks import TrackerLog
@@ -94,11 +94,22 @@ def record_setup_crash(run_dir: Path, ident: RunIdentity, decision: rundir.Decis
 def load_checkpoint(path: Path, job: Job) -> dict[str, Any]:
     """Read ``last.ckpt`` and load it into the job.
 
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain values only, so a run folder
+    received from someone else cannot run code when it is resumed.
+
     Raises:
-        ConfigError: the file is unreadable or does not fit this run (naming the file).
+        ConfigError: the file is unreadable, holds anything but tensors and plain values, or does not fit
+            this run (naming the file).
     """
     try:
-        ckpt = torch.load(path, weights_only=False, map_location="cpu")
+        ckpt = load_tensors(path)
+    except UnsafeFileError as e:
+        raise ConfigError(f"{e}; move it aside to start the run again in place, or use trainer.resume=fresh.") \
+            from None
+    except Exception as e:
+        raise ConfigError(f"{path} cannot be used to continue this run ({describe(e)}); move it aside "
+                          "to start the run again in place, or use trainer.resume=fresh.") from e
+    try:
         job.trainer.load_state_dict(ckpt)
     except Exception as e:
         raise ConfigError(f"{path} cannot be used to continue this run ({describe(e)}); move it aside "

@@ -22,6 +22,7 @@ Every function returns the paths it wrote (none when the table holds nothing to 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,12 @@ matplotlib.use("Agg")  # files only; no display needed
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
+from ticketlab.files import UnsafeFileError, load_tensors  # noqa: E402
 from ticketlab.sparsity.similarity import compare_mask_sets  # noqa: E402
 from ticketlab.sweeps.experiments import ReportSpec, summary_frame  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
@@ -191,10 +194,18 @@ def mask_diversity(df: pd.DataFrame, spec: ReportSpec, out_dir: Path, max_runs: 
     runs = runs[:max_runs]
     if len(runs) < 2:
         return []
-    masks = []
-    for _, path in runs:
-        saved = torch.load(path, weights_only=True, map_location="cpu")  # a plain dict of tensors: no code runs
+    masks, readable = [], []
+    for run in runs:
+        try:
+            saved = load_tensors(run[1])  # tensors and plain values only: no code in the file runs
+        except (UnsafeFileError, OSError, RuntimeError) as e:
+            log.warning("mask similarity: %s is left out (%s)", run[1], e)
+            continue
         masks.append(saved.get("masks", {}) if isinstance(saved, dict) else {})
+        readable.append(run)
+    runs = readable
+    if len(runs) < 2:
+        return []
     n = len(runs)
     sim = [[1.0] * n for _ in range(n)]
     for i in range(n):

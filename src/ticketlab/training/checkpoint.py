@@ -23,8 +23,15 @@ def rng_state(data_generator: torch.Generator | None) -> dict[str, Any]:
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "data": data_generator.get_state() if data_generator is not None else None,
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state(),
     }
+
+
+def _numpy_state() -> tuple:
+    """NumPy's global RNG state with its key array as a tensor, so that the checkpoint loads with
+    ``torch.load(weights_only=True)`` (a NumPy array would need NumPy's unpickler)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
 
 
 def restore_rng(state: dict[str, Any], data_generator: torch.Generator | None) -> None:
@@ -35,7 +42,9 @@ def restore_rng(state: dict[str, Any], data_generator: torch.Generator | None) -
     if state["data"] is not None and data_generator is not None:
         data_generator.set_state(state["data"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, cached))
 
 
 def check_fits(state: dict[str, Any], phase_names: list[str]) -> None:
