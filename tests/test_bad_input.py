@@ -38,6 +38,10 @@ CASES = [
     (["trainer.resume=sometimes"], r"trainer.resume='sometimes' is not allowed; choose one of: auto, never, fresh"),
     (["pruner=from_file"], r"pruner.path is mandatory here and has no value"),
     (["trainer.checkpoint_every_min=-1"], r"trainer.checkpoint_every_min=-1.0 is out of range"),
+    (["dataset.val_fraction=0.9999"], r"dataset.val_fraction=0.9999 holds out 1437 of the 1437 training images of "
+                                      r"digits, which leaves none to train on"),
+    (["dataset.val_fraction=0.0001"], r"dataset.val_fraction=0.0001 of 1437 training images of digits holds out no "
+                                      r"image"),
 ]
 
 
@@ -72,6 +76,9 @@ def test_a_rejected_config_leaves_an_existing_run_untouched(cfg_factory, tmp_pat
     (["pruner=iterand", "pruner.mode=mix", "pruner.mix_lambda=1.0", "pruner.mix_mu=0.5"],
      "multiply the variance of a redrawn weight by 1.25"),
     (["scheduler.warmup_epochs=5", "trainer.epochs=2"], "covers all trainer.epochs=2"),
+    (["dataset.val_fraction=0.9995", "trainer.epochs=1"], "the training split holds 1 images, fewer than one batch"),
+    (["dataset.val_fraction=0.001", "trainer.epochs=1"], "the validation split holds 1 images"),
+    (["trainer.limit_train_batches=1000", "trainer.epochs=1"], "trainer.limit_train_batches=1000 is more than the"),
 ])
 def test_degenerate_but_legal_settings_warn(cfg_factory, tmp_path, caplog, overrides, warning):
     s = run(cfg_factory(*overrides), run_dir=tmp_path)

@@ -23,7 +23,7 @@ from ticketlab.pruners import MainPhase, PruneContext, Pruner, build_pruner
 from ticketlab.pruners.base import StageFiles
 from ticketlab.runner import devices, hydra_job, validate
 from ticketlab.runner.callbacks import LogLine, MetricsFile
-from ticketlab.runner.checks import check_model, model_warnings
+from ticketlab.runner.checks import check_model, model_warnings, split_checks
 from ticketlab.runner.validate import RunConfig
 from ticketlab.signals import StopRequest
 from ticketlab.sparsity import kernels
@@ -117,7 +117,8 @@ def setup(cfg: DictConfig, run_dir: str | Path | None = None, *, rc: RunConfig |
     stop = stop if stop is not None else StopRequest()
     data = build_data(rc.dataset, placement.device, rc.seed)
     model = _model(rc, data, placement)
-    warnings = list(rc.warnings) + model_warnings(model, data.input_shape, rc.model.name)
+    warnings = list(rc.warnings) + split_checks(rc, data.num_train, data.num_val)
+    warnings += model_warnings(model, data.input_shape, rc.model.name)
     pruner = build_pruner(rc.pruner)
     init_weights(model, rc.init, rc.seed, pruner.densities(model))
     model.to(placement.device)

@@ -41,6 +41,47 @@ def cross_checks(rc: Any) -> list[str]:
     return warnings
 
 
+#: A validation split smaller than this is warned about: its accuracy moves in steps of more than 5 %.
+SMALL_VAL = 20
+
+
+def split_checks(rc: Any, num_train: int, num_val: int) -> list[str]:
+    """The training and validation splits against what the run asks of them; returns warnings.
+
+    Args:
+        rc: the resolved run config (``dataset.val_fraction``, ``dataset.batch_size``,
+            ``trainer.limit_train_batches``).
+        num_train, num_val: images in the training split and the held-out validation split.
+
+    Raises:
+        ConfigError: no training image left (e.g. ``dataset.val_fraction`` near 1), or a validation split
+            asked for that holds no image: nothing to learn from, or nothing to select with.
+    """
+    ds, limit = rc.dataset, rc.trainer.limit_train_batches
+    total = num_train + num_val
+    if num_train == 0:
+        raise ConfigError(f"dataset.val_fraction={ds.val_fraction:g} holds out {num_val} of the {total} training "
+                          f"images of {ds.name}, which leaves none to train on; allowed: a fraction that leaves "
+                          "at least one batch (e.g. 0.1).")
+    if ds.val_fraction > 0 and num_val == 0:
+        raise ConfigError(f"dataset.val_fraction={ds.val_fraction:g} of {total} training images of {ds.name} holds "
+                          "out no image, so there is no validation set; use a larger fraction (e.g. 0.1) or 0 "
+                          "for none.")
+    warnings = []
+    if num_train < ds.batch_size:
+        warnings.append(f"the training split holds {num_train} images, fewer than one batch "
+                        f"(dataset.batch_size={ds.batch_size}): each epoch is a single step of {num_train}.")
+    if 0 < num_val < SMALL_VAL:
+        warnings.append(f"the validation split holds {num_val} images (dataset.val_fraction={ds.val_fraction:g}): "
+                        f"its accuracy moves in steps of {1 / num_val:.0%}, too coarse to select epochs or "
+                        "settings with.")
+    batches = -(-num_train // ds.batch_size)
+    if limit and limit > batches:
+        warnings.append(f"trainer.limit_train_batches={limit} is more than the {batches} batches of an epoch "
+                        f"({num_train} images at dataset.batch_size={ds.batch_size}): it limits nothing.")
+    return warnings
+
+
 def check_model(rc: Any, model: nn.Module) -> None:
     """Rules between the config and the built model that no method owns (a method's own are its
     :meth:`~ticketlab.pruners.base.Pruner.check`).
