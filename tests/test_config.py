@@ -153,3 +153,11 @@ def test_strategy_and_sync_bn_are_validated():
         TrainerConfig(strategy="fsdp")
     with pytest.raises(ConfigError, match=r"sync_bn=true .* needs trainer.strategy=ddp"):
         TrainerConfig(sync_bn=True)
+
+
+def test_a_bad_wandb_mode_names_the_environment_variable_it_came_from(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "foo")
+    with pytest.raises(ConfigError, match=r"environment variable WANDB_MODE='foo'.*online, offline, disabled"):
+        resolve(compose_cfg("logger=wandb"))
+    with pytest.raises(ConfigError, match=r"^logger.mode='bar' is not allowed"):  # given on the command line
+        resolve(compose_cfg("logger=wandb", "logger.mode=bar"))

@@ -166,3 +166,13 @@ def test_slurm_sweep_survives_requeues_and_a_time_limit(slurm, tmp_path):
     assert all(ids[wandb_ids[k]] == 1 for k in (0, 3, 4)) and all(ids[wandb_ids[k]] >= 2 for k in (1, 2, 5))
     (tmp_path / "events.txt").write_text("\n".join(events))
     print("\n".join(events))
+
+
+def test_asking_for_gpus_on_a_cluster_without_them_is_refused_before_submitting(slurm, tmp_path):
+    env = {**slurm, "TICKETLAB_OUTPUTS": str(tmp_path / "out"), "WANDB_MODE": "disabled"}
+    r = subprocess.run([sys.executable, "train.py", "-m", "hydra/launcher=slurm", "seed=0,1", "trainer.epochs=1",
+                        "logger=none"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "Traceback" not in out, out[-3000:]
+    assert "hydra.launcher.gpus_per_node=1 asks for GPUs" in out and "gpus_per_node=null" in out
+    assert not jobs(slurm)  # nothing was submitted

@@ -66,6 +66,8 @@ def test_sweep_isolates_bad_values_and_crashes_and_relaunch_runs_nothing_twice(t
     assert "12 job(s): 9 completed, 1 failed, 2 invalid" in out
     for j in range(12):  # one line per job in the report
         assert f"#{j} " in out
+    for j in (9, 10):  # an invalid job has no run folder and no link (not one to the project root)
+        assert jobs[j]["run_dir"] is None and not (tmp_path / "sw" / str(j)).is_symlink()
     crashed = json.loads((tmp_path / "sw" / "6" / "summary.json").read_text())  # the link to its run folder
     assert crashed["status"] == "failed" and "injected crash" in crashed["error"]["message"]
     stamps = {j: (tmp_path / "sw" / str(j) / "summary.json").stat().st_mtime_ns for j in range(9) if j != 6}
@@ -205,3 +207,13 @@ def test_local_parallel_launcher_runs_jobs_in_worker_processes(tmp_path):
     assert {r.name for r in (sweep / "jobs").iterdir()} == {"0.json", "1.json"}
     pids = {json.loads((sweep / str(j) / "run.json").read_text())["attempts"][0]["pid"] for j in (0, 1)}
     assert p.pid not in pids  # the jobs ran in joblib's worker processes, not in train.py's
+
+
+def test_the_slurm_launcher_on_a_machine_without_slurm_says_so(tmp_path):
+    # PATH holds only the interpreter's folder: no srun or sbatch, whatever this machine has installed
+    p = launch("-m", "hydra/launcher=slurm", "seed=0,1", "trainer.epochs=1", *FAST,
+               env={"PATH": str(Path(sys.executable).parent), "TICKETLAB_OUTPUTS": str(tmp_path / "out")})
+    code, out = finish(p)
+    assert code == 2 and "Traceback" not in out, out[-3000:]
+    assert "Slurm is not installed on this machine" in out and "hydra/launcher=local" in out
+    assert not (tmp_path / "out" / "runs").exists()  # nothing ran

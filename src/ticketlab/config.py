@@ -12,6 +12,7 @@ touches one source file and one YAML file.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -387,7 +388,12 @@ class LoggerConfig:
 
     def __post_init__(self) -> None:
         check_choice("logger.name", self.name, ("wandb", "none"))
-        check_choice("logger.mode", self.mode, ("online", "offline", "disabled"))
+        modes = ("online", "offline", "disabled")
+        if self.mode not in modes and os.environ.get("WANDB_MODE") == self.mode:  # logger.mode's default reads it
+            raise ConfigError(f"logger.mode={self.mode!r} comes from the environment variable "
+                              f"WANDB_MODE={self.mode!r}, which is not allowed; set WANDB_MODE to one of: "
+                              f"{', '.join(modes)} (or unset it), or give logger.mode=... on the command line.")
+        check_choice("logger.mode", self.mode, modes)
 
 
 for _group, _node in [("paths", PathsConfig), ("dataset", DatasetConfig), ("model", ModelConfig), ("init", InitConfig),

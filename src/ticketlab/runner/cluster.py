@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
+from typing import Any
 
 from ticketlab.errors import Preempted
 
@@ -88,6 +91,45 @@ def quiet_sacct_errors() -> None:
             f.seen = False
             return
     logger.addFilter(_OnceSacctError())
+
+
+def slurm_launcher_problem(launcher: Any) -> str | None:
+    """Why ``hydra/launcher=slurm`` cannot submit from here, before submitit tries; ``None`` when it can.
+
+    Checks that Slurm's commands are on ``PATH`` (submitit otherwise fails with ``Could not detect "srun"``)
+    and, when ``gpus_per_node`` asks for GPUs, that ``sinfo`` lists a GPU generic resource on some node of
+    the partition (``sbatch`` otherwise refuses every job with ``Invalid generic resource (gres)
+    specification``). A ``sinfo`` that fails or times out is not taken as a problem.
+
+    Args:
+        launcher: ``hydra.launcher`` (its ``_target_``, ``gpus_per_node``, ``partition``).
+    """
+    if "SlurmLauncher" not in str(launcher.get("_target_", "")):
+        return None
+    missing = [c for c in ("srun", "sbatch") if shutil.which(c) is None]
+    if missing:
+        return (f"hydra/launcher=slurm needs Slurm, and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                "not on PATH here: Slurm is not installed on this machine (or not on its PATH). Launch from a "
+                "cluster's login node, or run the sweep on this machine with hydra/launcher=local (parallel jobs) "
+                "or without a launcher override (one job after another).")
+    gpus = launcher.get("gpus_per_node")
+    if not gpus:
+        return None
+    cmd = ["sinfo", "-h", "-o", "%G", *(["-p", str(launcher.partition)] if launcher.get("partition") else [])]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    gres = sorted({g.strip() for g in out.stdout.split() if g.strip()})
+    if not any("gpu" in g for g in gres):
+        return (f"hydra.launcher.gpus_per_node={gpus} asks for GPUs, but no node of this Slurm cluster"
+                f"{' (partition ' + str(launcher.partition) + ')' if launcher.get('partition') else ''} offers a "
+                f"GPU resource (sinfo lists: {', '.join(gres) or 'nothing'}), so sbatch would refuse every job "
+                "(\"Invalid generic resource (gres) specification\"). hydra.launcher.gpus_per_node=null runs the "
+                "jobs on CPUs; or pick a partition with GPUs (hydra.launcher.partition=...).")
+    return None
 
 
 def under_submitit() -> bool:

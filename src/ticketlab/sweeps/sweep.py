@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,9 @@ def record_job(outcome: dict[str, Any], sweep_dir: Path, num: int) -> None:
     """Write a job's outcome to ``<sweep>/jobs/<num>.json`` and link ``<sweep>/<num>`` to its run folder."""
     try:
         atomic_write_json(sweep_dir / "jobs" / f"{num}.json", {"num": num, **outcome})
-        run_dir = Path(outcome.get("run_dir") or "")
         link = sweep_dir / str(num)
-        if run_dir and run_dir.exists() and run_dir.resolve() != link.resolve() and \
+        run_dir = Path(outcome["run_dir"]) if outcome.get("run_dir") else None  # None: no run folder, no link
+        if run_dir is not None and run_dir.exists() and run_dir.resolve() != link.resolve() and \
                 sweep_dir.resolve() not in run_dir.resolve().parents:
             tmp = sweep_dir / f".{num}.link"
             if tmp.is_symlink() or tmp.exists():
@@ -240,8 +241,12 @@ class SweepReport(Callback):
         _CURRENT["name"] = sweep_name(OmegaConf.to_container(config.hydra.overrides.task, resolve=False), params)
         _CURRENT["expected"] = _expected_jobs(config)
         EXIT["sweep"] = None
-        from ticketlab.runner.cluster import quiet_sacct_errors
+        from ticketlab.runner.cluster import quiet_sacct_errors, slurm_launcher_problem
 
+        problem = slurm_launcher_problem(config.hydra.launcher)
+        if problem:  # before submitit's own traceback; nothing is submitted or written
+            log.error("%s", problem)
+            sys.exit(2)
         quiet_sacct_errors()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
