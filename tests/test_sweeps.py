@@ -217,3 +217,34 @@ def test_the_slurm_launcher_on_a_machine_without_slurm_says_so(tmp_path):
     assert code == 2 and "Traceback" not in out, out[-3000:]
     assert "Slurm is not installed on this machine" in out and "hydra/launcher=local" in out
     assert not (tmp_path / "out" / "runs").exists()  # nothing ran
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder nothing can be written in: a read-only tmpfs as root, else a folder without write permission."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    if os.geteuid() == 0:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.decode()[-200:]}")
+        yield d
+        subprocess.run(["umount", str(d)], capture_output=True)
+    else:
+        d.chmod(0o555)
+        yield d
+        d.chmod(0o755)
+
+
+def test_a_run_or_sweep_folder_that_cannot_be_used_is_named_without_a_traceback(tmp_path, readonly_dir):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    cases = [([f"hydra.run.dir={a_file}"], "hydra.run.dir=", "is an existing file, not a folder"),
+             ([f"hydra.run.dir={readonly_dir / 'run'}"], "hydra.run.dir=", "cannot be written"),
+             (["-m", "seed=0,1", f"hydra.sweep.dir={readonly_dir / 'sw'}"], "hydra.sweep.dir=", "cannot be written"),
+             (["-m", "seed=0,1", f"hydra.sweep.dir={a_file}"], "hydra.sweep.dir=", "is an existing file")]
+    for args, key, why in cases:
+        code, out = train(*args, "trainer.epochs=1", *FAST, env={"TICKETLAB_OUTPUTS": str(tmp_path / "out")})
+        assert code == 2 and "Traceback" not in out, out[-3000:]
+        assert key in out and why in out, out[-3000:]
+    assert a_file.read_text() == "mine" and not (tmp_path / "out" / "runs").exists()

@@ -83,6 +83,30 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
+def folder_problem(path: Path, key: str) -> str | None:
+    """Why ``path`` cannot hold a run's (or a sweep's) files, or ``None`` when it can: creates the folder if
+    missing and writes and removes a probe file in it, so a read-only file system, missing permissions and
+    a file in the way are all found before anything else is written.
+
+    Args:
+        path: the folder.
+        key: the config key it came from (``hydra.run.dir``), named in the message.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return (f"{key}={path} is an existing file, not a folder; give a folder path (or leave {key} unset for "
+                "its default under paths.output_dir).")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return (f"{key}={path} cannot be written ({e.strerror or e}); give a folder on a writable file system "
+                "(or set paths.output_dir / $TICKETLAB_OUTPUTS to move every run).")
+    return None
+
+
 class UnsafeFileError(ValueError):
     """A torch file that holds more than tensors and plain values (:func:`load_tensors` refuses it)."""
 

@@ -33,7 +33,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ticketlab.files import atomic_write_bytes, atomic_write_json, read_json
+from ticketlab.files import atomic_write_bytes, atomic_write_json, folder_problem, read_json
 
 log = logging.getLogger(__name__)
 
@@ -243,11 +243,20 @@ class SweepReport(Callback):
         EXIT["sweep"] = None
         from ticketlab.runner.cluster import quiet_sacct_errors, slurm_launcher_problem
 
-        problem = slurm_launcher_problem(config.hydra.launcher)
-        if problem:  # before submitit's own traceback; nothing is submitted or written
-            log.error("%s", problem)
+        problem = slurm_launcher_problem(config.hydra.launcher) or folder_problem(Path(str(config.hydra.sweep.dir)),
+                                                                                  "hydra.sweep.dir")
+        if problem:  # before the launcher's own traceback; nothing is submitted or written
+            log.error("Invalid configuration: %s", problem)
             sys.exit(2)
         quiet_sacct_errors()
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Refuse a ``hydra.run.dir`` that cannot hold the run (a file, a read-only folder) with one message,
+        before Hydra creates the folder and fails with a traceback."""
+        problem = folder_problem(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+        if problem:
+            log.error("Invalid configuration: %s", problem)
+            sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Print and write the report; set the exit code."""
