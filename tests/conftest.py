@@ -18,6 +18,14 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 resolvers.register()  # every schema and resolver, before any test composes a config
 
+# pytest-xdist runs N workers side by side; each worker, and each train.py it starts, gets cores / N CPU threads
+# (torch's own default takes every core in each, and the oversubscribed suite ran several times slower; the
+# README's "CPU threads" has the numbers). Tests that set trainer.threads keep their own count.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # Fast settings for in-process runs: no W&B, no progress bars, few epochs.
 FAST = ["logger=none", "trainer.progress=false", "trainer.epochs=2"]
 
