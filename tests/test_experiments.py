@@ -240,6 +240,18 @@ def test_report_only_finds_runs_started_by_hand_and_shows_missing_cells(tmp_path
                            tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
 
+    # a damaged run folder: listed as damaged with its file and what is wrong, its cell missing, the rest written
+    runs = {d.name.split("-s")[1].split("-")[0]: d for d in (tmp_path / "outputs" / "runs").iterdir()}
+    summary = runs["0.5"] / "summary.json"
+    summary.write_text(summary.read_text()[:40])  # truncated
+    (runs["0.9"] / ".hydra" / "config.yaml").write_text("model: [unclosed\n  - {")
+    damaged = _run_reproduce(["edge_popup/conv_cifar10", "--smoke", "--report-only", "--no-plots"], tmp_path)
+    assert damaged.returncode == 1 and "Traceback" not in damaged.stderr, damaged.stderr[-3000:]
+    table = (tmp_path / "outputs" / "experiments" / "edge_popup/conv_cifar10_smoke" / "table.md").read_text()
+    assert "Missing cells: 4" in table and "-inf" not in table
+    assert f"{summary} is not valid JSON (truncated or damaged)" in table
+    assert f"{runs['0.9'] / '.hydra' / 'config.yaml'} cannot be read as YAML" in table
+
 
 @pytest.mark.slow
 def test_partial_evaluation_is_marked_in_summary_log_and_table(tmp_path):

@@ -78,3 +78,14 @@ def test_the_command_prints_the_table_and_exits_by_what_it_found(outputs):
     assert none.returncode == 1 and "no run" in none.stderr
     bad = subprocess.run([*cmd, "pruner.name"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "not KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_damaged_summary_is_listed_as_damaged(outputs):
+    snip = next(r for r in list_runs(outputs / "runs") if r["method"] == "snip")
+    summary = os.path.join(snip["folder"], "summary.json")
+    with open(summary) as f:
+        text = f.read()
+    with open(summary, "w") as f:
+        f.write(text[:30])  # truncated mid-write by a full disk, say
+    again = {r["folder"]: r for r in list_runs(outputs / "runs")}
+    assert again[snip["folder"]]["status"] == "damaged summary.json" and again[snip["folder"]]["test_acc"] is None

@@ -41,6 +41,8 @@ def _select(tree: Any, key: str) -> Any:
 def _status(run_dir: Path, summary: dict[str, Any] | None) -> str:
     if isinstance(summary, dict) and summary.get("status"):
         return str(summary["status"])
+    if (run_dir / "summary.json").exists() and summary is None:
+        return "damaged summary.json"  # truncated or not JSON
     record = read_json(run_dir / "run.json")
     if isinstance(record, dict) and record.get("attempts"):
         return "running or killed"  # an attempt began and wrote no summary yet

@@ -199,7 +199,14 @@ def _overrides(items: list[str]) -> dict[str, str]:
 def _run_rows(run_dir: Path, keys: list[str], base: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per summary in ``run_dir`` (one per IMP level when it has levels)."""
     cfg_file = run_dir / ".hydra" / "config.yaml"
-    cfg = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False) if cfg_file.exists() else {}
+    damage = []  # what is wrong with the folder's files: the run is then listed as damaged, its cell missing
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False) if cfg_file.exists() else {}
+        if not isinstance(cfg, dict):
+            raise ValueError("not a mapping")
+    except Exception as e:
+        cfg = {}
+        damage.append(f"{cfg_file} cannot be read as YAML ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
     keyed = {k: _select(cfg, k) for k in keys if k != "level"}
     for k, v in keyed.items():
         if v is None and k in base:
@@ -210,7 +217,12 @@ def _run_rows(run_dir: Path, keys: list[str], base: dict[str, Any]) -> list[dict
     for level, path in found:
         summary = read_json(path) if path.exists() else None
         row = {**base, **keyed, "level": level}
-        if isinstance(summary, dict):
+        bad = damage + ([f"{path} is not valid JSON (truncated or damaged)"]
+                        if path.exists() and not isinstance(summary, dict) else [])
+        if bad:
+            row.update(status="damaged", run_dir=str(path.parent),
+                       reason="; ".join(bad) + "; move the folder aside and run it again")
+        elif isinstance(summary, dict):
             row.update({f: summary[f] for f in SUMMARY_FIELDS if f in summary})
             row["run_dir"] = str(path.parent)
             row["layer_densities"] = json.dumps(summary.get("layer_densities") or {})
