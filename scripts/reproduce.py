@@ -73,10 +73,20 @@ def sweep_dir_of(name: str, overrides: list[str]) -> tuple[Path, ReportSpec]:
     """The experiment's sweep folder and its report spec (composes the config, nothing runs).
 
     Raises:
-        ConfigError: the experiment has no ``report:`` block or a bad one.
+        ConfigError: the experiment has no ``report:`` block or a bad one, or an override sets a key the
+            experiment sweeps (that would narrow its grid and overwrite its full table with a partial one).
     """
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=[f"experiment={name}", *config_only(overrides)])
+        cfg = compose("config", overrides=[f"experiment={name}", *config_only(overrides)], return_hydra_config=True)
+    params = {k.lstrip("+~"): str(v) for k, v in (cfg.hydra.sweeper.get("params") or {}).items()}
+    swept = [o.input_line for o in OverridesParser.create().parse_overrides(overrides)
+             if o.key_or_group.lstrip("+~") in params]
+    if swept:
+        grid = "; ".join(f"{k}: {v}" for k, v in params.items())
+        raise ConfigError(f"{' '.join(swept)} would override what {name} sweeps (its grid: {grid}), and its table "
+                          f"would be rewritten with only part of the grid. Run one point with `python train.py "
+                          f"experiment={name} {' '.join(swept)}` (its runs are found by --report-only), or leave "
+                          "the swept keys to the experiment.")
     spec = ReportSpec.from_config(cfg)
     return Path(str(cfg.paths.output_dir)).resolve() / "experiments" / name, spec
 

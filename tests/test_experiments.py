@@ -266,3 +266,14 @@ def test_partial_evaluation_is_marked_in_summary_log_and_table(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["partial_eval"] is True and summary["test_images_evaluated"] == 50
     assert "partial evaluation: 50 test images" in (run_dir / "train.log").read_text()
+
+
+def test_an_override_of_a_swept_key_is_refused_and_the_full_table_left_alone(tmp_path):
+    table = tmp_path / "outputs" / "experiments" / "synflow/layer_collapse_smoke" / "table.md"
+    table.parent.mkdir(parents=True)
+    table.write_text("the full table")
+    p = _run_reproduce(["synflow/layer_collapse", "--smoke", "pruner=random"], tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "pruner=random would override what synflow/layer_collapse_smoke sweeps" in p.stderr
+    assert "pruner: random,synflow" in p.stderr  # the grid, named
+    assert table.read_text() == "the full table" and not (tmp_path / "outputs" / "runs").exists()
