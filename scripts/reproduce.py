@@ -31,7 +31,9 @@ The exit status is the sweep's (0 only when every run completed); the table is w
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -69,26 +71,36 @@ def config_only(overrides: list[str]) -> list[str]:
     return [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
 
 
+def swept_overrides(name: str, overrides: list[str]) -> list[str]:
+    """The overrides that set a key experiment ``name`` sweeps (``hydra.sweeper.params``): they narrow its grid."""
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=[f"experiment={name}", *config_only(overrides)], return_hydra_config=True)
+    params = {k.lstrip("+~") for k in (cfg.hydra.sweeper.get("params") or {})}
+    return [o.input_line for o in OverridesParser.create().parse_overrides(overrides)
+            if o.key_or_group.lstrip("+~") in params]
+
+
 def sweep_dir_of(name: str, overrides: list[str]) -> tuple[Path, ReportSpec]:
     """The experiment's sweep folder and its report spec (composes the config, nothing runs).
 
+    An override of a swept key narrows the grid: such a sweep gets its own folder,
+    ``experiments/<name>-narrowed-<the overrides>``, and its own labelled table, so the experiment's full table in
+    ``experiments/<name>/`` is never rewritten with part of the grid.
+
     Raises:
-        ConfigError: the experiment has no ``report:`` block or a bad one, or an override sets a key the
-            experiment sweeps (that would narrow its grid and overwrite its full table with a partial one).
+        ConfigError: the experiment has no ``report:`` block or a bad one.
     """
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=[f"experiment={name}", *config_only(overrides)], return_hydra_config=True)
-    params = {k.lstrip("+~"): str(v) for k, v in (cfg.hydra.sweeper.get("params") or {}).items()}
-    swept = [o.input_line for o in OverridesParser.create().parse_overrides(overrides)
-             if o.key_or_group.lstrip("+~") in params]
-    if swept:
-        grid = "; ".join(f"{k}: {v}" for k, v in params.items())
-        raise ConfigError(f"{' '.join(swept)} would override what {name} sweeps (its grid: {grid}), and its table "
-                          f"would be rewritten with only part of the grid. Run one point with `python train.py "
-                          f"experiment={name} {' '.join(swept)}` (its runs are found by --report-only), or leave "
-                          "the swept keys to the experiment.")
+        cfg = compose("config", overrides=[f"experiment={name}", *config_only(overrides)])
     spec = ReportSpec.from_config(cfg)
-    return Path(str(cfg.paths.output_dir)).resolve() / "experiments" / name, spec
+    base = Path(str(cfg.paths.output_dir)).resolve() / "experiments"
+    narrowed = swept_overrides(name, overrides)
+    if not narrowed:
+        return base / name, spec
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", "_".join(narrowed))  # no '=' or ',' (Hydra would parse them)
+    if len(slug) > 80:
+        slug = slug[:70] + "-" + hashlib.sha256(slug.encode()).hexdigest()[:8]
+    return base / f"{name}-narrowed-{slug}", spec
 
 
 def run_folder(name: str, overrides: list[str]) -> Path | None:
@@ -126,6 +138,12 @@ def report(name: str, sweep_dir: Path, spec: ReportSpec, wall_s: float | None = 
         atomic_write_bytes(sweep_dir / "claims.json", json.dumps(record, indent=1, default=str).encode())
     paper = paper_numbers(name)
     text = markdown_table(df, spec, paper)
+    narrowed = swept_overrides(name, overrides or [])
+    if narrowed:
+        full = sweep_dir.parent / name.rsplit("/", 1)[-1] / "table.md"
+        text = (f"> **Narrowed grid**: `{' '.join(narrowed)}` overrides keys the experiment sweeps, so this table "
+                f"covers part of its grid. The experiment's full table is {full} (not changed by this run).\n\n"
+                + text)
     plots = all_plots(df, spec, paper, sweep_dir / "plots") if plots else []
     text += "\nFiles: " + ", ".join(str(p.relative_to(sweep_dir)) for p in [sweep_dir / "runs.csv", *plots]) + "\n"
     atomic_write_bytes(sweep_dir / "table.md", text.encode())

@@ -202,12 +202,16 @@ def test_reproduce_reports_invalid_and_skips_completed_runs(tmp_path):
     args = ["edge_popup/conv_cifar10", "--smoke", "pruner.sparsity=0.5,1.5", "init.scale_fan=false"]
     p = _run_reproduce(args, tmp_path)
     assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
-    table = (tmp_path / "outputs" / "experiments" / "edge_popup/conv_cifar10_smoke" / "table.md").read_text()
+    # the overrides narrow the grid: their own folder and table, labelled; the full table is not written
+    out = tmp_path / "outputs" / "experiments" / "edge_popup" / \
+        "conv_cifar10_smoke-narrowed-pruner.sparsity_0.5_1.5_init.scale_fan_false"
+    table = (out / "table.md").read_text()
     assert "Runs not completed: 1" in table and "pruner.sparsity=1.5" in table and "invalid" in table
+    assert table.startswith("> **Narrowed grid**: `pruner.sparsity=0.5,1.5 init.scale_fan=false`")
+    assert not (tmp_path / "outputs" / "experiments" / "edge_popup/conv_cifar10_smoke").exists()
     again = _run_reproduce(args, tmp_path)
     assert again.returncode == 1
-    report = json.loads((tmp_path / "outputs" / "experiments" / "edge_popup/conv_cifar10_smoke" /
-                         "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     assert sorted(j["status"] for j in report["jobs"]) == ["invalid", "skipped"]
 
 
@@ -268,12 +272,13 @@ def test_partial_evaluation_is_marked_in_summary_log_and_table(tmp_path):
     assert "partial evaluation: 50 test images" in (run_dir / "train.log").read_text()
 
 
-def test_an_override_of_a_swept_key_is_refused_and_the_full_table_left_alone(tmp_path):
-    table = tmp_path / "outputs" / "experiments" / "synflow/layer_collapse_smoke" / "table.md"
-    table.parent.mkdir(parents=True)
-    table.write_text("the full table")
-    p = _run_reproduce(["synflow/layer_collapse", "--smoke", "pruner=random"], tmp_path)
-    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
-    assert "pruner=random would override what synflow/layer_collapse_smoke sweeps" in p.stderr
-    assert "pruner: random,synflow" in p.stderr  # the grid, named
-    assert table.read_text() == "the full table" and not (tmp_path / "outputs" / "runs").exists()
+def test_an_override_of_a_swept_key_gets_its_own_table_and_leaves_the_full_one_alone(tmp_path):
+    experiments = tmp_path / "outputs" / "experiments" / "synflow"
+    full = experiments / "layer_collapse_smoke" / "table.md"
+    full.parent.mkdir(parents=True)
+    full.write_text("the full table")
+    p = _run_reproduce(["synflow/layer_collapse", "--smoke", "--no-plots", "pruner=random"], tmp_path)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout[-2000:] + p.stderr[-2000:]
+    narrowed = (experiments / "layer_collapse_smoke-narrowed-pruner_random" / "table.md").read_text()
+    assert narrowed.startswith("> **Narrowed grid**: `pruner=random`") and str(full) in narrowed
+    assert full.read_text() == "the full table"
