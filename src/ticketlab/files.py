@@ -9,9 +9,11 @@ written as ``null`` (:func:`jsonable`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,15 +30,58 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise _disk_full(path, 0, e) from e
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if _is_disk_full(e, path):
+            raise _disk_full(path, written, e) from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class DiskFullError(OSError):
+    """A result file could not be written because its file system is full (``errno.ENOSPC``); the file it
+    would have replaced is untouched."""
+
+
+def _is_disk_full(e: BaseException, path: Path) -> bool:
+    """An ENOSPC, or torch's zip writer failing (``unexpected pos``, ``iostream error``) on a file system with
+    (almost) no space left: torch reports a full disk that way."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(e, RuntimeError) and any(m in str(e) for m in ("unexpected pos", "iostream error",
+                                                                  "file write failed")):
+        try:
+            return shutil.disk_usage(path.parent).free < 64 * 2 ** 20
+        except OSError:
+            return True
+    return False
+
+
+def _disk_full(path: Path, written: int, cause: BaseException) -> DiskFullError:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = -1
+    need = max(written, path.stat().st_size if path.exists() else 0)
+    return DiskFullError(errno.ENOSPC, f"no space left on the device holding {path.parent}: writing {path.name} "
+                                       f"needs about {need / 2 ** 20:.1f} MiB ({free / 2 ** 20:.1f} MiB free; the "
+                                       f"previous {path.name}, if any, is kept). Free space or move "
+                                       "paths.output_dir, then run the same command to continue")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -78,9 +123,12 @@ def atomic_write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    """``torch.save`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` to ``path`` atomically.
+
+    Raises:
+        DiskFullError: the file system is full (the previous file at ``path`` is untouched)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # our handle: closed (space freed) on any error
+        torch.save(obj, f)
 
 
 def folder_problem(path: Path, key: str) -> str | None:
