@@ -78,8 +78,8 @@ def _disk_full(path: Path, written: int, cause: BaseException) -> DiskFullError:
     except OSError:
         free = -1
     need = max(written, path.stat().st_size if path.exists() else 0)
-    return DiskFullError(errno.ENOSPC, f"no space left on the device holding {path.parent}: writing {path.name} "
-                                       f"needs about {need / 2 ** 20:.1f} MiB ({free / 2 ** 20:.1f} MiB free; the "
+    return DiskFullError(errno.ENOSPC, f"no space left on the device holding {path.parent}: {path.name} needs more "
+                                       f"than {need / 2 ** 20:.1f} MiB and {free / 2 ** 20:.1f} MiB are free (the "
                                        f"previous {path.name}, if any, is kept). Free space or move "
                                        "paths.output_dir, then run the same command to continue")
 
