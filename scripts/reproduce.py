@@ -71,10 +71,16 @@ def config_only(overrides: list[str]) -> list[str]:
     return [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
 
 
-def swept_overrides(name: str, overrides: list[str]) -> list[str]:
-    """The overrides that set a key experiment ``name`` sweeps (``hydra.sweeper.params``): they narrow its grid."""
+def _composed(name: str, overrides: list[str]):
+    """Experiment ``name`` composed with the single-value ``overrides``, Hydra's own config included."""
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=[f"experiment={name}", *config_only(overrides)], return_hydra_config=True)
+        return compose("config", overrides=[f"experiment={name}", *config_only(overrides)], return_hydra_config=True)
+
+
+def swept_overrides(name: str, overrides: list[str], cfg=None) -> list[str]:
+    """The overrides that set a key experiment ``name`` sweeps (``hydra.sweeper.params``): they narrow its grid.
+    ``cfg``: the experiment already composed (:func:`_composed`), else composed here."""
+    cfg = cfg if cfg is not None else _composed(name, overrides)
     params = {k.lstrip("+~") for k in (cfg.hydra.sweeper.get("params") or {})}
     return [o.input_line for o in OverridesParser.create().parse_overrides(overrides)
             if o.key_or_group.lstrip("+~") in params]
@@ -90,11 +96,10 @@ def sweep_dir_of(name: str, overrides: list[str]) -> tuple[Path, ReportSpec]:
     Raises:
         ConfigError: the experiment has no ``report:`` block or a bad one.
     """
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=[f"experiment={name}", *config_only(overrides)])
+    cfg = _composed(name, overrides)
     spec = ReportSpec.from_config(cfg)
     base = Path(str(cfg.paths.output_dir)).resolve() / "experiments"
-    narrowed = swept_overrides(name, overrides)
+    narrowed = swept_overrides(name, overrides, cfg)
     if not narrowed:
         return base / name, spec
     slug = re.sub(r"[^A-Za-z0-9._-]", "_", "_".join(narrowed))  # no '=' or ',' (Hydra would parse them)

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-import ticketlab.training.loop
 from ticketlab.errors import ConfigError
 from ticketlab.runner.run import run
 from ticketlab.sweeps.experiments import ReportSpec
 from ticketlab.sweeps.plots import mask_diversity
+
+from .test_status import crash_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,16 +39,8 @@ def _hostile(path: Path, marker: Path, **extra) -> None:
 
 def _stopped_run(cfg_factory, tmp_path, monkeypatch) -> Path:
     """A run that crashed after 3 steps: it holds last.ckpt and would resume from it."""
-    real, calls = ticketlab.training.loop.train_step, {"n": 0}
-
-    def crash(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("power cut")
-        return real(*args, **kwargs)
-
     with monkeypatch.context() as m:
-        m.setattr(ticketlab.training.loop, "train_step", crash)
+        crash_at(m, 4, RuntimeError("power cut"))
         with pytest.raises(RuntimeError, match="power cut"):
             run(cfg_factory("trainer.epochs=2", "trainer.checkpoint_every_min=0"), run_dir=tmp_path / "run")
     return tmp_path / "run"

@@ -34,7 +34,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise _disk_full(path, 0, e) from e
+            raise _disk_full(path, 0) from e
         raise
     os.close(fd)
     try:
@@ -42,12 +42,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
+        if not _is_disk_full(e, path):
+            raise
         written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if _is_disk_full(e, path):
-            raise _disk_full(path, written, e) from e
-        raise
+        os.unlink(tmp)  # before measuring the free space: it is what the next attempt has
+        raise _disk_full(path, written) from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -72,7 +71,7 @@ def _is_disk_full(e: BaseException, path: Path) -> bool:
     return False
 
 
-def _disk_full(path: Path, written: int, cause: BaseException) -> DiskFullError:
+def _disk_full(path: Path, written: int) -> DiskFullError:
     try:
         free = shutil.disk_usage(path.parent).free
     except OSError:

@@ -103,14 +103,10 @@ def load_checkpoint(path: Path, job: Job) -> dict[str, Any]:
     """
     try:
         ckpt = load_tensors(path)
+        job.trainer.load_state_dict(ckpt)
     except UnsafeFileError as e:
         raise ConfigError(f"{e}; move it aside to start the run again in place, or use trainer.resume=fresh.") \
             from None
-    except Exception as e:
-        raise ConfigError(f"{path} cannot be used to continue this run ({describe(e)}); move it aside "
-                          "to start the run again in place, or use trainer.resume=fresh.") from e
-    try:
-        job.trainer.load_state_dict(ckpt)
     except Exception as e:
         raise ConfigError(f"{path} cannot be used to continue this run ({describe(e)}); move it aside "
                           "to start the run again in place, or use trainer.resume=fresh.") from e

@@ -43,8 +43,7 @@ def restore_rng(state: dict[str, Any], data_generator: torch.Generator | None) -
         data_generator.set_state(state["data"])
     random.setstate(state["python"])
     name, keys, pos, has_gauss, cached = state["numpy"]
-    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
-    np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 def check_fits(state: dict[str, Any], phase_names: list[str]) -> None:
